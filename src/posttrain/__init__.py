@@ -1,0 +1,17 @@
+"""posttrain: post-train causal language models (SFT, rejection sampling, DPO, reward models,
+PPO, GRPO) from one CLI, YAML recipes, and this Python API.
+
+    import posttrain
+    posttrain.sft({"model": "smollm2-135m-instruct", "train_data": "data.jsonl"})
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def sft(config, **overrides):
+    """Supervised fine-tuning; ``config`` is an ``SFTConfig`` or a dict of its keys."""
+    from posttrain.algorithms.sft import sft as run
+
+    return run(config, **overrides)

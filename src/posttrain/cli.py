@@ -1,0 +1,201 @@
+"""``posttrain`` command line: one sub-command per job.
+
+    posttrain sft --config recipes/smollm2-135m/sft_arithmetic.yaml learning_rate=1e-5
+    posttrain chat --model outputs/sft --prompt "What is 2 + 3?"
+    posttrain generate --model outputs/sft --input prompts.jsonl --output answers.jsonl
+    posttrain models
+
+Training commands take ``--config FILE`` plus ``key=value`` overrides; ``--help-config`` lists
+every key with its default and meaning. User mistakes print one clear message (no traceback) and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from posttrain.errors import PosttrainError
+
+# sub-command -> (module, config class, algorithm class, one-line help)
+TRAINERS = {
+    "sft": ("posttrain.algorithms.sft", "SFTConfig", "SFT", "supervised fine-tuning"),
+}
+
+
+def _trainer_parser(sub, name: str, help_text: str) -> None:
+    parser = sub.add_parser(name, help=help_text, description=f"posttrain {name}: {help_text}")
+    parser.add_argument("--config", help="YAML recipe (see recipes/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--help-config", action="store_true", help="list every config key")
+    parser.add_argument("overrides", nargs="*", help="key=value settings that override the YAML")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posttrain",
+        description="Post-train causal language models: SFT, DPO, reward models, PPO, GRPO.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, _, _, help_text) in TRAINERS.items():
+        _trainer_parser(sub, name, help_text)
+
+    chat = sub.add_parser("chat", help="talk with a model (interactive, or --prompt once)")
+    chat.add_argument("--model", required=True, help="model folder, hub id or alias")
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", help="system prompt")
+    _sampling_args(chat)
+
+    gen = sub.add_parser("generate", help="answer a file of prompts (jsonl in, jsonl out)")
+    gen.add_argument("--model", required=True, help="model folder, hub id or alias")
+    gen.add_argument("--input", required=True, help="jsonl with `prompt` (text or messages)")
+    gen.add_argument("--output", required=True, help="jsonl to write (input row + completion)")
+    gen.add_argument("--n", type=int, default=1, help="completions per prompt")
+    gen.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    _sampling_args(gen)
+
+    sub.add_parser("models", help="list built-in model aliases")
+    return parser
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in TRAINERS:
+            return _train(args)
+        if args.command == "chat":
+            return _chat(args)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "models":
+            from posttrain.hub import describe_aliases
+
+            print(describe_aliases())
+            return 0
+    except PosttrainError as err:
+        print(f"posttrain {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from posttrain.config import describe, load_config
+    from posttrain.train.loop import train
+
+    module_name, config_name, algorithm_name, _ = TRAINERS[args.command]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    if args.help_config:
+        print(describe(config_cls))
+        return 0
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    config = load_config(config_cls, args.config, overrides)
+    metrics = train(getattr(module, algorithm_name)(config))
+    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(json.dumps(summary))
+    print(f"model saved to {config.output_dir}")
+    return 0
+
+
+def _load_for_generation(name: str):
+    from posttrain.models import load_tokenizer, load_trained
+    from posttrain.rollout.hf import HFGenerator
+
+    tokenizer = load_tokenizer(name)
+    model = load_trained(name)
+    model.eval()
+    return tokenizer, HFGenerator(model, tokenizer)
+
+
+def _params(args: argparse.Namespace, n: int = 1):
+    from posttrain.rollout.base import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from posttrain.rollout.base import encode_prompts
+
+    tokenizer, generator = _load_for_generation(args.model)
+    params = _params(args)
+    history: list[dict[str, str]] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+
+    def answer(text: str) -> str:
+        history.append({"role": "user", "content": text})
+        rollout = generator.generate(encode_prompts(tokenizer, [history]), params)
+        reply = rollout.completions[0].strip()
+        history.append({"role": "assistant", "content": reply})
+        return reply
+
+    if args.prompt is not None:
+        print(answer(args.prompt))
+        return 0
+    print("posttrain chat: type a message; /reset clears the history, /exit (or Ctrl-D) quits.")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            del history[1 if args.system else 0 :]
+            continue
+        if text:
+            print(f"model> {answer(text)}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from posttrain.data.formats import to_prompt_example
+    from posttrain.data.loading import load_rows
+    from posttrain.rollout.base import encode_prompts
+
+    rows = load_rows(args.input)
+    examples = [to_prompt_example(r, w) for r, w in zip(rows.rows, rows.locations)]
+    tokenizer, generator = _load_for_generation(args.model)
+    params = _params(args, n=args.n)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with out.open("w") as handle:
+        for start in range(0, len(examples), args.batch_size):
+            chunk = examples[start : start + args.batch_size]
+            rollout = generator.generate(encode_prompts(tokenizer, [e.prompt for e in chunk]), params)
+            for i, completion in enumerate(rollout.completions):
+                row = rows.rows[start + rollout.prompt_index[i]]
+                record = {**row, "completion": completion,
+                          "finish_reason": rollout.finish_reasons[i]}
+                handle.write(json.dumps(record) + "\n")
+                written += 1
+            print(f"{min(start + args.batch_size, len(examples))}/{len(examples)} prompts",
+                  file=sys.stderr)
+    print(f"wrote {written} completions to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
