@@ -15,3 +15,17 @@ def sft(config, **overrides):
     from posttrain.algorithms.sft import sft as run
 
     return run(config, **overrides)
+
+
+def dpo(config, **overrides):
+    """Direct preference optimisation; ``config`` is a ``DPOConfig`` or a dict of its keys."""
+    from posttrain.algorithms.dpo import dpo as run
+
+    return run(config, **overrides)
+
+
+def reward(config, **overrides):
+    """Reward-model training; ``config`` is a ``RewardConfig`` or a dict of its keys."""
+    from posttrain.algorithms.reward import reward as run
+
+    return run(config, **overrides)

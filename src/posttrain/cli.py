@@ -3,6 +3,8 @@
     posttrain sft --config recipes/smollm2-135m/sft_arithmetic.yaml learning_rate=1e-5
     posttrain chat --model outputs/sft --prompt "What is 2 + 3?"
     posttrain generate --model outputs/sft --input prompts.jsonl --output answers.jsonl
+    posttrain dpo --config recipes/tiny/dpo.yaml reference=precomputed
+    posttrain score --model outputs/rm --data pairs.jsonl
     posttrain models
 
 Training commands take ``--config FILE`` plus ``key=value`` overrides; ``--help-config`` lists
@@ -24,6 +26,11 @@ from posttrain.errors import PosttrainError
 # sub-command -> (module, config class, algorithm class, one-line help)
 TRAINERS = {
     "sft": ("posttrain.algorithms.sft", "SFTConfig", "SFT", "supervised fine-tuning"),
+    "dpo": ("posttrain.algorithms.dpo", "DPOConfig", "DPO", "direct preference optimisation"),
+    "reward": (
+        "posttrain.algorithms.reward", "RewardConfig", "RewardModelTrainer",
+        "train a reward model on preference pairs (Bradley-Terry)",
+    ),
 }
 
 
@@ -58,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     _sampling_args(gen)
 
+    score = sub.add_parser("score", help="score rows with a trained reward model")
+    score.add_argument("--model", required=True, help="reward model folder (posttrain reward)")
+    score.add_argument("--data", required=True,
+                       help="prompt+completion / messages rows, or preference rows (pair accuracy)")
+    score.add_argument("--output", help="jsonl to write: each row with its score(s)")
+    score.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    score.add_argument("--max-length", type=int, default=1024, help="truncate to this many tokens")
+
     sub.add_parser("models", help="list built-in model aliases")
     return parser
 
@@ -79,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "score":
+            return _score(args)
         if args.command == "models":
             from posttrain.hub import describe_aliases
 
@@ -109,6 +126,16 @@ def _train(args: argparse.Namespace) -> int:
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(summary))
     print(f"model saved to {config.output_dir}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from posttrain.algorithms.reward import score_file
+
+    summary = score_file(args.model, args.data, args.output, args.batch_size, args.max_length)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    if args.output:
+        print(f"scores written to {args.output}")
     return 0
 
 

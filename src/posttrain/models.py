@@ -7,6 +7,7 @@ Names go through :func:`posttrain.hub.resolve_model` (hub id, local folder, or a
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -113,7 +114,9 @@ def save_model(model, tokenizer, folder: str | Path, merge_lora: bool = False) -
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     if is_peft(model) and merge_lora:
-        merged = model.merge_and_unload()
+        # merge a copy: merge_and_unload rewrites the modules in place, and the caller's model
+        # must stay a peft model (e.g. a final evaluation after saving)
+        merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(folder / "merged", safe_serialization=True)
         tokenizer.save_pretrained(folder / "merged")
     return folder

@@ -94,7 +94,12 @@ class SFT:
             micro = [self._collate(chunk) for chunk in split_micro(items, c.per_device_batch_size)]
             tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
             sequences = sum(len(bin_) for bin_ in items) if c.packing else len(items)
-            yield StepBatch(micro, {"tokens": tokens, "sequences": sequences}, {"tokens": tokens})
+            inputs = sum(int((m["input_ids"] != self.pad_id).sum()) for m in micro)
+            yield StepBatch(
+                micro,
+                totals={"tokens": tokens, "sequences": sequences},
+                metrics={"tokens": tokens, "input_tokens": inputs},
+            )
 
     def loss(self, wrapped, batch: dict, step_batch: StepBatch):
         batch = {k: v.to(self.device) for k, v in batch.items()}

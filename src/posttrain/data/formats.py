@@ -81,6 +81,11 @@ def _require(row: dict, keys: tuple[str, ...], where: str, fmt: str) -> None:
 
 def to_sft_example(row: dict, where: str, last_turn_only: bool = False) -> SFTExample:
     if "messages" in row:
+        if not isinstance(row["messages"], list):
+            raise DataError(
+                f"{where}: field `messages` must be a non-empty list of {{role, content}} "
+                f"messages, got {type(row['messages']).__name__}."
+            )
         messages = _messages(row["messages"], where, "messages", "user")
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not assistant:

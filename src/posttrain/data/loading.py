@@ -65,7 +65,9 @@ def _load_jsonl(path: Path) -> Rows:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).")
+                raise DataError(
+                    f"{where}: not valid JSON ({err.msg} at column {err.colno})."
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}.")
             rows.append(row)

@@ -1,0 +1,200 @@
+"""Preference pairs, shared by DPO and reward modelling: tokenised (prompt+chosen,
+prompt+rejected) pairs, [2B, T] batches (chosen rows then rejected rows, so both go through the
+model in one forward pass), summed response log-probs, exact per-step means of per-pair values,
+and the on-disk cache of precomputed per-pair reference log-probs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from posttrain.data.formats import (
+    PreferenceExample,
+    SFTExample,
+    to_preference_example,
+    validate_rows,
+)
+from posttrain.data.loading import load_rows
+from posttrain.data.tokenize import IGNORE_INDEX, TokenizedExample, collate, tokenize_sft
+from posttrain.errors import DataError
+from posttrain.hub import resolve_model
+from posttrain.train.loop import StepBatch
+
+# --- data: tokenised pairs and [2B, T] batches ------------------------------------------------
+
+
+@dataclass
+class TokenizedPair:
+    chosen: TokenizedExample  # prompt + chosen; labels only on the response
+    rejected: TokenizedExample  # prompt + rejected (same prompt tokens)
+    margin: float | None = None
+    ref_logps: tuple[float, float] | None = None  # (chosen, rejected) when precomputed
+
+
+def tokenize_pair(tokenizer, example: PreferenceExample, max_length: int, where: str = ""):
+    """Render prompt+chosen and prompt+rejected; every assistant turn of a response is trained."""
+    sides = []
+    for response in (example.chosen, example.rejected):
+        start = len(example.prompt)
+        trained = [start + i for i, m in enumerate(response) if m["role"] == "assistant"]
+        sides.append(tokenize_sft(tokenizer, SFTExample(example.prompt + response, trained),
+                                  max_length, where))
+    return TokenizedPair(sides[0], sides[1], example.margin)
+
+
+def load_pairs(tokenizer, spec: str, split: str, subset: str | None, limit: int | None,
+               max_length: int) -> list[TokenizedPair]:
+    """Validated, tokenised preference pairs. Bad rows raise DataError (file, row, field);
+    pairs whose chosen or rejected response is cut away entirely by max_length are dropped
+    with one warning giving the counts."""
+    rows = load_rows(spec, split, subset).take(limit)
+    examples = validate_rows(rows, to_preference_example)
+    pairs, truncated, dropped = [], 0, 0
+    for example, where in zip(examples, rows.locations):
+        pair = tokenize_pair(tokenizer, example, max_length, where)
+        truncated += pair.chosen.truncated or pair.rejected.truncated
+        if all(t == IGNORE_INDEX for t in pair.chosen.labels) or all(
+            t == IGNORE_INDEX for t in pair.rejected.labels
+        ):
+            dropped += 1
+            continue
+        pairs.append(pair)
+    if truncated:
+        warnings.warn(f"{spec}: {truncated} of {len(examples)} pairs exceed max_length="
+                      f"{max_length} and were truncated; {dropped} lost a whole response and "
+                      "were dropped.", stacklevel=2)
+    if not pairs:
+        raise DataError(f"{spec}: no pair has response tokens within max_length={max_length}.")
+    return pairs
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows: input_ids/attention_mask/labels [2B, T]; plus margin [B]
+    when any pair has one (missing -> 0) and ref_logps [2B] when precomputed."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    if any(p.margin is not None for p in pairs):
+        batch["margin"] = torch.tensor([float(p.margin or 0.0) for p in pairs])  # [B]
+    if all(p.ref_logps is not None for p in pairs):
+        batch["ref_logps"] = torch.tensor([p.ref_logps[0] for p in pairs]
+                                          + [p.ref_logps[1] for p in pairs])  # [2B]
+    return batch
+
+
+def response_logps(module: nn.Module, batch: dict[str, torch.Tensor]):
+    """Summed log-probs of the labelled (response) tokens and their count, per row ([N], [N]).
+    Only positions from the earliest response token on go through the output layer."""
+    labels = batch["labels"]  # [N, T]
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    first = max(int(labelled[0]) if len(labelled) else 1, 1)
+    targets = labels[:, first:]  # [N, T - first]
+    logps, _ = module(batch["input_ids"], targets.clamp(min=0),
+                      attention_mask=batch["attention_mask"])  # [N, T - first]
+    mask = (targets != IGNORE_INDEX).to(logps.dtype)
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+class StepMeans:
+    """Exact per-step means of per-pair values. The loop averages the metrics of a process's
+    micro-batches, which is exact only for equal micro-batches; so values are collected and the
+    last micro-batch returns mean x (number of micro-batches). Keys ending in ``_std`` give the
+    standard deviation instead of the mean."""
+
+    def __init__(self) -> None:
+        self._step: StepBatch | None = None
+        self._values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._seen = 0
+
+    def add(self, step_batch: StepBatch, values: dict[str, torch.Tensor], rank: int = 0,
+            world: int = 1) -> dict[str, float]:
+        if step_batch is not self._step:
+            self._step, self._values, self._seen = step_batch, defaultdict(list), 0
+        self._seen += 1
+        for key, value in values.items():
+            self._values[key].append(value.detach().float().cpu())
+        mine = len(step_batch.micro_batches[rank::world])
+        if self._seen < mine:
+            return {}
+        out = reduce_values(self._values)
+        self._step = None
+        return {key: value * mine for key, value in out.items()}
+
+
+def reduce_values(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    out = {}
+    for key, parts in values.items():
+        flat = torch.cat(parts)
+        out[key] = float(flat.std(unbiased=False) if key.endswith("_std") else flat.mean())
+    return out
+
+
+# --- cache of precomputed reference log-probs -------------------------------------------------
+
+
+def weights_fingerprint(name: str) -> str:
+    """Name + (file, size, mtime) of a local model folder's weights and config; for a hub id,
+    the cached snapshot path (it contains the commit hash) when there is one."""
+    resolved = resolve_model(name)
+    folder = Path(resolved)
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*")
+                       if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+        stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files]
+        digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+        return f"{name}@{digest}"
+    from huggingface_hub import try_to_load_from_cache
+
+    snapshot = try_to_load_from_cache(resolved, "config.json")
+    return f"{name}@{snapshot if isinstance(snapshot, str) else 'hub'}"
+
+
+def parameters_fingerprint(model: nn.Module) -> str:
+    """Hash of the base weights of an in-memory model (LoRA adapter weights left out)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return f"params@{digest.hexdigest()[:16]}"
+
+
+def cache_path(folder: Path, fingerprint: str, pairs: list[TokenizedPair]) -> Path:
+    """Key = reference fingerprint + the exact token ids and labels of every pair, which covers
+    data content, tokenizer, chat template, max_length and row selection at once."""
+    digest = hashlib.sha256(fingerprint.encode())
+    for pair in pairs:
+        for side in (pair.chosen, pair.rejected):
+            digest.update(torch.tensor(side.input_ids, dtype=torch.int32).numpy().tobytes())
+            digest.update(torch.tensor(side.labels, dtype=torch.int32).numpy().tobytes())
+    return folder / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def read_cache(path: Path, num_pairs: int) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        values = load_file(path)["ref_logps"]
+    except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+        return None
+    return values if values.shape == (2, num_pairs) else None
+
+
+def write_cache(path: Path, values: torch.Tensor, info: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file({"ref_logps": values.contiguous()}, tmp, metadata=info)
+    os.replace(tmp, path)  # atomic: readers never see a half-written file

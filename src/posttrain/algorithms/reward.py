@@ -1,0 +1,301 @@
+"""Reward modelling: a scalar score r(x, y), trained on preference pairs (Bradley-Terry).
+
+Ouyang et al. 2022 (InstructGPT), eq. 1, with the Bradley & Terry (1952) model
+P(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l)):
+
+    L(r) = -E_(x, y_w, y_l) [ log sigma( r(x, y_w) - r(x, y_l) - m ) ] + c E[(r_w + r_l)^2]
+
+with an optional per-pair margin m (Llama 2, the row's ``margin`` column) and the centring
+term c (Eisenstein et al. 2023). The loss itself is ``ops.preference.bradley_terry_loss``.
+
+The model is ``AutoModelForSequenceClassification`` with one label: the causal LM's backbone and
+a fresh linear ``score`` head (kept trainable under LoRA through peft's ``modules_to_save``).
+
+Pooling: the score is read at each row's LAST REAL TOKEN, found from the attention mask. The
+Hugging Face class instead picks the rightmost token that differs from ``pad_token_id``; the two
+agree when pad != eos, but when pad == eos and a sequence ends in eos, HF scores the token
+*before* it. ``LastTokenScores`` therefore runs the backbone and the head itself. Saved models
+keep ``config.pad_token_id``, so they score identically in plain transformers when pad != eos.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from posttrain.algorithms.pairs import StepMeans, collate_pairs, load_pairs, reduce_values
+from posttrain.config import TrainConfig, option, save_config
+from posttrain.data.formats import Message, to_preference_example, to_sft_example
+from posttrain.data.loading import load_rows
+from posttrain.data.tokenize import render
+from posttrain.errors import ConfigError, DataError, PosttrainError
+from posttrain.hub import resolve_model
+from posttrain.models import is_peft, load_tokenizer, pick_dtype, save_model
+from posttrain.ops.preference import bradley_terry_loss
+from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.loop import StepBatch, train
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    learning_rate: float = option(
+        1e-5, "Peak AdamW learning rate (InstructGPT's 6B RM used 9e-6; LoRA ~1e-4)."
+    )
+    center_rewards_coefficient: float = option(
+        0.0,
+        "Weight c of c * (r_chosen + r_rejected)^2, which keeps scores centred on 0 "
+        "(Eisenstein et al. 2023 use 0.01). 0 = off.",
+    )
+    use_margins: bool = option(
+        True, "Subtract each row's `margin` column (Llama 2) inside the sigmoid when present."
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.center_rewards_coefficient < 0:
+            raise ConfigError("center_rewards_coefficient must be >= 0, got "
+                              f"{self.center_rewards_coefficient}; 0.01 is a common value.")
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] -> [B]: position of the last 1 in each row (right or left padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def classification_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(backbone, score head) of a (peft-wrapped) ...ForSequenceClassification model."""
+    hf = model.get_base_model() if is_peft(model) else model
+    head = getattr(hf, "score", None)
+    if head is None:
+        raise ConfigError(f"{type(hf).__name__} has no `score` head; posttrain reward models "
+                          "use decoder ...ForSequenceClassification classes (Qwen2, Llama, ...).")
+    return getattr(hf, hf.base_model_prefix), head
+
+
+class LastTokenScores(nn.Module):
+    """forward(input_ids [B, T], attention_mask [B, T]) -> scores [B] (float32): the score
+    head on the hidden state of each row's last real token. An nn.Module so that accelerate
+    (DDP) wraps it, like ``TokenLogprobs``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        backbone, head = classification_parts(self.model)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          use_cache=False).last_hidden_state  # [B, T, H]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last_token_index(attention_mask)]  # [B, H]
+        return head(pooled).squeeze(-1).float()  # [B]
+
+
+def load_reward_model(config: RewardConfig, tokenizer) -> nn.Module:
+    """Backbone from ``config.model`` + a fresh 1-output ``score`` head (seeded), optional LoRA."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(config.seed)  # the new head's initialisation
+    kwargs = {"dtype": pick_dtype(config.dtype), "trust_remote_code": config.trust_remote_code}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(config.model), num_labels=1, **kwargs)
+    except (OSError, ValueError) as err:
+        raise PosttrainError(f"could not load {config.model!r} as a reward model: {err}") from None
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.use_lora:
+        model = add_reward_lora(model, config)
+    return model
+
+
+def add_reward_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """LoRA on the backbone; the new ``score`` head is trained in full (modules_to_save)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="SEQ_CLS", modules_to_save=["score"],
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise ConfigError(f"lora_target_modules={targets}: {err}") from None
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+class RewardModelTrainer:
+    console_keys = ("loss", "accuracy", "margin")
+
+    def __init__(self, config: RewardConfig, model=None, tokenizer=None):
+        self.config = c = config
+        self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
+                                      c.max_samples, c.max_length)
+        self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
+                                      None, c.max_length) if c.eval_data else [])
+        if model is None:
+            model = load_reward_model(c, self.tokenizer)
+        elif c.use_lora and not is_peft(model):
+            model = add_reward_lora(model, c)
+        self.model = model
+        self.step_size = c.per_device_batch_size * c.gradient_accumulation_steps
+        self.means = StepMeans()
+        self.device = torch.device("cpu")
+        self.accelerator = None
+
+    def total_steps(self) -> int:
+        c = self.config
+        return total_steps(len(self.train_pairs), self.step_size, c.num_epochs, c.max_steps)
+
+    def wrap(self, model):
+        return LastTokenScores(model)
+
+    def attach(self, wrapped, accelerator) -> None:
+        self.accelerator, self.device = accelerator, accelerator.device
+
+    def step_batches(self, start_step: int) -> Iterator[StepBatch]:
+        c = self.config
+        for indices in step_indices(len(self.train_pairs), self.step_size, c.seed, start_step):
+            items = [self.train_pairs[i] for i in indices]
+            micro = [collate_pairs(chunk, self.pad_id)
+                     for chunk in split_micro(items, c.per_device_batch_size)]
+            yield StepBatch(micro, {"pairs": len(items)})
+
+    def pair_losses(self, wrapped, batch: dict[str, torch.Tensor]):
+        """Per-pair BT loss [B] and statistics; chosen and rejected in one forward pass."""
+        n = batch["input_ids"].shape[0] // 2
+        scores = wrapped(batch["input_ids"], batch["attention_mask"])  # [2B]
+        chosen, rejected = scores[:n], scores[n:]  # [B], [B]
+        margin = batch.get("margin") if self.config.use_margins else None
+        losses = bradley_terry_loss(chosen, rejected, margin,
+                                    self.config.center_rewards_coefficient)  # [B]
+        chosen, rejected = chosen.detach(), rejected.detach()
+        return losses, {
+            "accuracy": (chosen > rejected).float(),
+            "margin": chosen - rejected,
+            "rewards/chosen_mean": chosen, "rewards/chosen_std": chosen,
+            "rewards/rejected_mean": rejected, "rewards/rejected_std": rejected,
+        }
+
+    def loss(self, wrapped, batch: dict, step_batch: StepBatch):
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        losses, stats = self.pair_losses(wrapped, batch)
+        acc = self.accelerator
+        rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+        return losses.sum() / step_batch.totals["pairs"], self.means.add(
+            step_batch, stats, rank, world)
+
+    @torch.no_grad()
+    def evaluate(self, wrapped) -> dict[str, float]:
+        if not self.eval_pairs:
+            return {}
+        was_training = wrapped.training
+        wrapped.eval()
+        values: dict[str, list[torch.Tensor]] = {}
+        for chunk in split_micro(self.eval_pairs, self.config.per_device_batch_size):
+            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
+            losses, stats = self.pair_losses(wrapped, batch)
+            for key, value in {"loss": losses, **stats}.items():
+                values.setdefault(key, []).append(value.float().cpu())
+        wrapped.train(was_training)
+        return reduce_values(values)
+
+    def save(self, output_dir: str) -> None:
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+        save_config(self.config, f"{output_dir}/posttrain_config.yaml")
+
+
+def reward(config: RewardConfig | dict, **overrides) -> dict[str, float]:
+    """Python API: ``posttrain.reward({"model": ..., "train_data": ...})`` trains and saves."""
+    from posttrain.config import load_config
+
+    if isinstance(config, dict):
+        config = load_config(RewardConfig, values={**config, **overrides})
+    return train(RewardModelTrainer(config))
+
+
+# --- scoring with a trained reward model --------------------------------------------------------
+
+
+def load_trained_reward_model(name: str, dtype: str = "auto") -> nn.Module:
+    """A saved reward model: full weights, or a LoRA adapter (base + adapter + score head)."""
+    folder = Path(resolve_model(name))
+    if (folder / "adapter_config.json").exists():
+        from peft import AutoPeftModelForSequenceClassification as cls
+    else:
+        from transformers import AutoModelForSequenceClassification as cls
+    try:
+        return cls.from_pretrained(folder, dtype=pick_dtype(dtype)).eval()
+    except (OSError, ValueError) as err:
+        raise PosttrainError(f"could not load the reward model {name!r}: {err}") from None
+
+
+@torch.no_grad()
+def score_conversations(model: nn.Module, tokenizer, conversations: list[list[Message]],
+                        max_length: int = 1024, batch_size: int = 16) -> list[float]:
+    """One score per conversation, tokenised exactly as in training (chat template, no extra
+    special tokens, right-padded, truncated to max_length)."""
+    scorer = LastTokenScores(model).eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for chunk in split_micro(conversations, batch_size):
+        ids = [tokenizer(render(tokenizer, m), add_special_tokens=False)["input_ids"][:max_length]
+               for m in chunk]
+        width = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        scores += scorer(input_ids.to(device), mask.to(device)).tolist()
+    return scores
+
+
+def score_file(model_name: str, data: str, output: str | None = None, batch_size: int = 16,
+               max_length: int = 1024) -> dict[str, float]:
+    """Score ``prompt``+``completion`` / ``messages`` rows, or preference rows (then pair
+    accuracy and mean margin too); optionally write each row with its score(s) as jsonl."""
+    rows = load_rows(data)
+    tokenizer = load_tokenizer(model_name)
+    model = load_trained_reward_model(model_name)
+    kinds = {"chosen" in r for r in rows.rows}
+    if len(kinds) > 1:
+        raise DataError(f"{data}: mixes preference rows (chosen/rejected) with other rows; "
+                        "score one kind per file.")
+    preference = kinds == {True}
+    if preference:
+        examples = [to_preference_example(r, w) for r, w in zip(rows.rows, rows.locations)]
+        conversations = ([e.prompt + e.chosen for e in examples]
+                         + [e.prompt + e.rejected for e in examples])
+    else:
+        conversations = [to_sft_example(r, w).messages for r, w in zip(rows.rows, rows.locations)]
+    scores = torch.tensor(score_conversations(model, tokenizer, conversations, max_length,
+                                              batch_size))
+    n = len(rows)
+    summary: dict[str, float] = {"rows": n, "mean_score": float(scores.mean())}
+    if preference:
+        chosen, rejected = scores[:n], scores[n:]
+        summary.update(pair_accuracy=float((chosen > rejected).float().mean()),
+                       mean_margin=float((chosen - rejected).mean()))
+        records = [{**r, "chosen_score": c, "rejected_score": s}
+                   for r, c, s in zip(rows.rows, chosen.tolist(), rejected.tolist())]
+    else:
+        records = [{**r, "score": s} for r, s in zip(rows.rows, scores.tolist())]
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return summary
