@@ -9,7 +9,8 @@ Each (model, mode) runs in a fresh subprocess, so one run's memory never shows i
 Numbers per run:
 
 - setup_s: loading the reference, or precomputing its log-probs (fresh cache each run);
-- pairs/s: optimiser steps after the first (warm-up), pairs per second of training;
+- pairs/s: pairs per step / the median step time, first step (warm-up) excluded; the
+  median keeps a busy shared machine's stalls out of the figure;
 - peak MB: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
   (Linux ``VmHWM``; ``resource.ru_maxrss`` where /proc is missing). "setup" is the peak up to
   the end of attach (reference loaded / precomputed), "train" the peak of the training steps
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,7 +124,7 @@ def worker(spec: dict) -> dict:
     return {
         "model": spec["model"], "mode": mode, "lora": config.use_lora,
         "device": "cuda" if cuda else "cpu", "setup_s": setup_s,
-        "pairs_per_s": pairs_per_step * len(timed) / sum(timed),
+        "pairs_per_s": pairs_per_step / statistics.median(timed),
         "setup_peak_mb": setup_peak,
         "train_peak_mb": train_peak if cuda or split else float("nan"),
         "tokens_per_pair": sum(len(p.chosen.input_ids) + len(p.rejected.input_ids)

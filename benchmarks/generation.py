@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-generate", action="store_true", help="only time HFGenerator")
+    parser.add_argument("--generate-first", action="store_true", help="time model.generate first")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler table of one run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,6 +130,8 @@ def main() -> None:
     }
     if not args.skip_generate:
         runs["model.generate"] = lambda: run_hf_generate(model, prompts, params, stop_ids, pad_id)
+        if args.generate_first:
+            runs = {"model.generate": runs.pop("model.generate"), **runs}
     print(
         f"model={args.model} prompts={args.prompts} n={args.n} prompt_len~{args.prompt_len} "
         f"max_new_tokens={args.max_new_tokens} stop_fraction={args.stop_fraction} "
@@ -141,6 +145,19 @@ def main() -> None:
     for name, fn in runs.items():
         best = min((fn() for _ in range(args.repeats)), key=lambda r: r[0])
         print(f"{name:<30} {best[0]:>9.2f} {best[1]:>8d} {best[1] / best[0]:>9.1f}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if args.device.startswith("cuda"):
+            activities.append(ProfilerActivity.CUDA)
+        for name, fn in runs.items():
+            if "no compact" in name or "0.25" in name:
+                continue
+            with profile(activities=activities) as prof:
+                fn()
+            print(f"--- profile: {name}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

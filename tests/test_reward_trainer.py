@@ -16,7 +16,7 @@ from posttrain.algorithms.reward import (
     LastTokenScores,
     RewardConfig,
     RewardModelTrainer,
-    score_conversations,
+    load_trained_reward_model,
 )
 from posttrain.config import load_config
 from posttrain.data.tokenize import render
@@ -91,8 +91,11 @@ def test_learns_a_separable_task_and_reloads(tmp_path, tiny_model_dir):
         ours = LastTokenScores(trainer.model.eval())(input_ids, mask)
         theirs = reloaded(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
-    assert score_conversations(reloaded, tokenizer, [SHORT, LONG]) == pytest.approx(
-        ours.tolist(), abs=1e-5)
+    from posttrain.rewards.reward_model import RewardModelScorer  # what RL and `score` use
+
+    scorer = RewardModelScorer(str(tmp_path / "rm"), batch_size=1)
+    as_reward = scorer.score([SHORT[:1], LONG[:1]], [SHORT[1]["content"], LONG[1]["content"]])
+    assert as_reward == pytest.approx(ours.tolist(), abs=1e-5)
 
 
 def test_pooling_matches_transformers_when_pad_differs_from_eos(tiny_tokenizer):
@@ -164,7 +167,10 @@ def test_lora_trains_the_score_head_and_merges(tmp_path, tiny_model_dir):
     with torch.no_grad():
         ours = LastTokenScores(trainer.model.eval())(input_ids, mask)
         theirs = merged(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)
+        adapter = load_trained_reward_model(str(tmp_path / "o"))  # base + adapter + head
+        from_adapter = LastTokenScores(adapter)(input_ids, mask)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    torch.testing.assert_close(from_adapter, ours, atol=1e-4, rtol=0)
 
 
 def test_cli_reward_and_score(tmp_path, capsys):
@@ -186,3 +192,7 @@ def test_cli_reward_and_score(tmp_path, capsys):
     completions = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "hi", "completion": "hello"}])
     assert main(["score", "--model", str(out), "--data", str(completions)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["rows"] == 1
+    mixed = write_jsonl(tmp_path / "x.jsonl", [*toy_pairs(range(1)), {"prompt": "a",
+                                                                      "completion": "b"}])
+    assert main(["score", "--model", str(out), "--data", str(mixed)]) == 2
+    assert "mixes preference rows" in capsys.readouterr().err

@@ -187,7 +187,12 @@ def test_load_reward_set_from_specs():
     rs = load_reward_set([{"name": "math", "weight": 2.0}, "boxed_format"])
     out = rs.score([""], ["\\boxed{4}"], [[]], {"answer": ["4"]})
     assert out.totals == [3.0]
-    assert rs.names == ["math_reward", "boxed_format"]
+    assert rs.names == ["math", "boxed_format"]
+    assert out.metrics()["rewards/math/mean"] == 1.0
+    two = load_reward_set(["format", {"name": "format", "pattern": "^x$"}], weights=[1.0, 0.5])
+    assert two.names == ["format", "format_2"] and two.weights == [1.0, 0.5]
+    with pytest.raises(ConfigError, match="2 reward weights for 1 rewards"):
+        load_reward_set(["math"], weights=[1.0, 2.0])
 
 
 # --- RewardSet -----------------------------------------------------------------------------

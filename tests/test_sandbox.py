@@ -65,6 +65,8 @@ def test_correct_and_half_correct_solutions():
     assert _score("def add(a, b):\n    return a - b") == 0.0
     assert _score("def add(a, b) return", tests="assert add(1, 2) == 3") == 0.0  # syntax error
     assert reward(["p"], ["x"], [[]], tests=[None]) == [None]
+    main_block = "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    input()"
+    assert _score(main_block) == 1.0
 
 
 def test_batch_runs_rows_concurrently_in_order():
@@ -82,6 +84,8 @@ def test_faking_a_pass_earns_nothing():
 def test_string_tests_are_split_per_assert():
     assert split_tests("x = 2\nassert x == 2\nassert x + 1 == 3\n") == [
         "x = 2\nassert x == 2\n", "assert x + 1 == 3\n"]
+    assert split_tests('["assert f(1) == 1", "assert f(2) == 2"]') == [
+        "assert f(1) == 1", "assert f(2) == 2"]
     assert _score("def add(a, b):\n    return 3", tests="assert add(1, 2) == 3\nassert add(0, 0) == 0"
                   ) == 0.5
 

@@ -29,3 +29,11 @@ def reward(config, **overrides):
     from posttrain.algorithms.reward import reward as run
 
     return run(config, **overrides)
+
+
+def grpo(config, reward_functions=None, **overrides):
+    """GRPO (or RLOO / REINFORCE++ via ``advantage_estimator``); ``config`` is a
+    ``GRPOConfig`` or a dict of its keys; ``reward_functions`` may be callables."""
+    from posttrain.algorithms.grpo import grpo as run
+
+    return run(config, reward_functions=reward_functions, **overrides)

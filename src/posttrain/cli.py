@@ -5,6 +5,7 @@
     posttrain generate --model outputs/sft --input prompts.jsonl --output answers.jsonl
     posttrain dpo --config recipes/tiny/dpo.yaml reference=precomputed
     posttrain score --model outputs/rm --data pairs.jsonl
+    posttrain eval --model outputs/sft --task arithmetic --limit 100 --output answers.jsonl
     posttrain models
 
 Training commands take ``--config FILE`` plus ``key=value`` overrides; ``--help-config`` lists
@@ -31,6 +32,10 @@ TRAINERS = {
         "posttrain.algorithms.reward", "RewardConfig", "RewardModelTrainer",
         "train a reward model on preference pairs (Bradley-Terry)",
     ),
+    "grpo": ("posttrain.algorithms.grpo", "GRPOConfig", "GRPO",
+             "online RL with group-relative advantages (no value model)"),
+    "rloo": ("posttrain.algorithms.grpo", "RLOOConfig", "GRPO",
+             "online RL with leave-one-out baselines (REINFORCE Leave-One-Out)"),
 }
 
 
@@ -73,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     score.add_argument("--max-length", type=int, default=1024, help="truncate to this many tokens")
 
+    ev = sub.add_parser("eval", help="accuracy / identity rate on a built-in task (greedy)")
+    ev.add_argument("--model", required=True,
+                    help="alias, hub id, trained folder or LoRA adapter folder")
+    ev.add_argument("--task", required=True, choices=["arithmetic", "identity"])
+    ev.add_argument("--split", default="test", choices=["test", "train"])
+    ev.add_argument("--data", help="score this jsonl instead (same columns as the task's rows)")
+    ev.add_argument("--limit", type=int, help="only the first N rows")
+    ev.add_argument("--output", help="jsonl to write: prompt, completion, correct per row")
+    ev.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--new-name", default="Posty", help="identity task: the name to look for")
+
     sub.add_parser("models", help="list built-in model aliases")
     return parser
 
@@ -96,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "score":
             return _score(args)
+        if args.command == "eval":
+            return _eval(args)
         if args.command == "models":
             from posttrain.hub import describe_aliases
 
@@ -136,6 +155,23 @@ def _score(args: argparse.Namespace) -> int:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
     if args.output:
         print(f"scores written to {args.output}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from posttrain.evaluation import evaluate, format_levels, summary_line
+
+    result = evaluate(
+        args.model, args.task, args.split, args.limit, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, output=args.output, new_name=args.new_name,
+        data=args.data, progress=True,
+    )
+    print(summary_line(result))
+    table = format_levels(result)
+    if table:
+        print(table)
+    if args.output:
+        print(f"answers written to {args.output}")
     return 0
 
 

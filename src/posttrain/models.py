@@ -29,6 +29,13 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
+def _quiet_transformers() -> None:
+    """transformers prints a progress bar per load/save; ours is the only one we want."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -58,6 +65,7 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     kwargs = {"dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -152,10 +152,10 @@ class DPO:
         self.config = c = config
         self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        load = lambda spec, split, limit: load_pairs(  # noqa: E731
-            self.tokenizer, spec, split, c.data_subset, limit, c.max_length)
-        self.train_pairs = load(c.train_data, c.train_split, c.max_samples)
-        self.eval_pairs = load(c.eval_data, c.eval_split, None) if c.eval_data else []
+        self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
+                                      c.max_samples, c.max_length)
+        self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
+                                      None, c.max_length) if c.eval_data else [])
         self.model_given = model is not None
         if model is None:
             model = load_policy(c, self.tokenizer)

@@ -32,7 +32,6 @@ from posttrain.algorithms.pairs import StepMeans, collate_pairs, load_pairs, red
 from posttrain.config import TrainConfig, option, save_config
 from posttrain.data.formats import Message, to_preference_example, to_sft_example
 from posttrain.data.loading import load_rows
-from posttrain.data.tokenize import render
 from posttrain.errors import ConfigError, DataError, PosttrainError
 from posttrain.hub import resolve_model
 from posttrain.models import is_peft, load_tokenizer, pick_dtype, save_model
@@ -231,63 +230,70 @@ def reward(config: RewardConfig | dict, **overrides) -> dict[str, float]:
 # --- scoring with a trained reward model --------------------------------------------------------
 
 
-def load_trained_reward_model(name: str, dtype: str = "auto") -> nn.Module:
-    """A saved reward model: full weights, or a LoRA adapter (base + adapter + score head)."""
+def load_trained_reward_model(name: str, tokenizer=None, dtype: str = "auto") -> nn.Module:
+    """A saved reward model: full weights, or a LoRA adapter folder (base loaded with one
+    label, then the adapter and its trained score head)."""
+    from transformers import AutoModelForSequenceClassification
+
     folder = Path(resolve_model(name))
-    if (folder / "adapter_config.json").exists():
-        from peft import AutoPeftModelForSequenceClassification as cls
-    else:
-        from transformers import AutoModelForSequenceClassification as cls
+    adapter = folder / "adapter_config.json"
     try:
-        return cls.from_pretrained(folder, dtype=pick_dtype(dtype)).eval()
-    except (OSError, ValueError) as err:
+        if adapter.exists():
+            from peft import PeftModel
+
+            base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+            base = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model(base_name), num_labels=1, dtype=pick_dtype(dtype))
+            model = PeftModel.from_pretrained(base, folder)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, num_labels=1, dtype=pick_dtype(dtype))
+    except (OSError, ValueError, KeyError) as err:
         raise PosttrainError(f"could not load the reward model {name!r}: {err}") from None
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
 
 
-@torch.no_grad()
-def score_conversations(model: nn.Module, tokenizer, conversations: list[list[Message]],
-                        max_length: int = 1024, batch_size: int = 16) -> list[float]:
-    """One score per conversation, tokenised exactly as in training (chat template, no extra
-    special tokens, right-padded, truncated to max_length)."""
-    scorer = LastTokenScores(model).eval()
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    for chunk in split_micro(conversations, batch_size):
-        ids = [tokenizer(render(tokenizer, m), add_special_tokens=False)["input_ids"][:max_length]
-               for m in chunk]
-        width = max(len(i) for i in ids)
-        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        scores += scorer(input_ids.to(device), mask.to(device)).tolist()
-    return scores
+def _reply(messages: list[Message], where: str, field: str) -> str:
+    """The text of a one-message assistant response (what RewardModelScorer scores)."""
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise DataError(f"{where}: `{field}` must be one assistant reply to be scored "
+                        f"(got {len(messages)} messages).")
+    return messages[0]["content"]
 
 
 def score_file(model_name: str, data: str, output: str | None = None, batch_size: int = 16,
                max_length: int = 1024) -> dict[str, float]:
-    """Score ``prompt``+``completion`` / ``messages`` rows, or preference rows (then pair
-    accuracy and mean margin too); optionally write each row with its score(s) as jsonl."""
+    """Score ``prompt``+``completion`` / ``messages`` rows (the last turn is the reply), or
+    preference rows (then also pair accuracy and mean margin), with the same
+    ``RewardModelScorer`` that RL uses as a reward; optionally write rows + scores as jsonl."""
+    from posttrain.rewards.reward_model import RewardModelScorer
+
     rows = load_rows(data)
-    tokenizer = load_tokenizer(model_name)
-    model = load_trained_reward_model(model_name)
     kinds = {"chosen" in r for r in rows.rows}
     if len(kinds) > 1:
         raise DataError(f"{data}: mixes preference rows (chosen/rejected) with other rows; "
                         "score one kind per file.")
-    preference = kinds == {True}
-    if preference:
+    prompts, replies = [], []
+    if kinds == {True}:
         examples = [to_preference_example(r, w) for r, w in zip(rows.rows, rows.locations)]
-        conversations = ([e.prompt + e.chosen for e in examples]
-                         + [e.prompt + e.rejected for e in examples])
+        for side in ("chosen", "rejected"):
+            prompts += [e.prompt for e in examples]
+            replies += [_reply(getattr(e, side), w, side)
+                        for e, w in zip(examples, rows.locations)]
     else:
-        conversations = [to_sft_example(r, w).messages for r, w in zip(rows.rows, rows.locations)]
-    scores = torch.tensor(score_conversations(model, tokenizer, conversations, max_length,
-                                              batch_size))
+        for row, where in zip(rows.rows, rows.locations):
+            messages = to_sft_example(row, where).messages
+            prompts.append(messages[:-1])
+            replies.append(_reply(messages[-1:], where, "the last message"))
+    tokenizer = load_tokenizer(model_name)
+    model = load_trained_reward_model(model_name, tokenizer)
+    scorer = RewardModelScorer(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    scores = torch.tensor(scorer.score(prompts, replies))
     n = len(rows)
     summary: dict[str, float] = {"rows": n, "mean_score": float(scores.mean())}
-    if preference:
+    if kinds == {True}:
         chosen, rejected = scores[:n], scores[n:]
         summary.update(pair_accuracy=float((chosen > rejected).float().mean()),
                        mean_margin=float((chosen - rejected).mean()))

@@ -4,9 +4,12 @@ The program and its tests run together in one sandboxed process per row (see ``s
 solution first, then each test in turn under its own time limit, in the same globals. A small
 harness reports each test's outcome on stdout tagged with a random per-run token, so a program
 that exits early (``sys.exit(0)`` before the asserts run) or prints "all tests passed" earns
-nothing. The harness shares an interpreter with the untrusted code, so code that deliberately
-digs the token out of the harness's frames could still forge a pass: the sandbox protects the
-machine, the token only guards against the cheap ways to fake a result.
+nothing. The solution runs as a module named ``solution``, so an ``if __name__ == "__main__":``
+demo block (often reading stdin, which is empty) does not run and cannot fail the row.
+
+The harness shares an interpreter with the untrusted code, so code that deliberately digs the
+token out of the harness's frames could still forge a pass: the sandbox protects the machine,
+the token only guards against the cheap ways to fake a result.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class _TestTimeout(BaseException):
 def _on_alarm(signum, frame):
     raise _TestTimeout("test took longer than %ss" % _LIMIT)
 _signal.signal(_signal.SIGALRM, _on_alarm)
-_globals = {{"__name__": "__main__", "__builtins__": __builtins__}}
+_globals = {{"__name__": "solution", "__builtins__": __builtins__}}
 _signal.setitimer(_signal.ITIMER_REAL, _LIMIT)
 exec(compile(_SOLUTION, "solution.py", "exec"), _globals)
 _signal.setitimer(_signal.ITIMER_REAL, 0)
@@ -73,13 +76,22 @@ def extract_code(completion: str) -> str:
 def split_tests(tests: str | Sequence[str]) -> list[str]:
     """A list of test snippets: a list is used as given; a string is cut after each top-level
     statement that is an ``assert``, so "setup; assert a; assert b" is two tests (setup runs
-    with the first). A string that does not parse stays one test (it will fail)."""
+    with the first). A string holding a list literal of test strings is that list; one that
+    does not parse stays one test (it will fail)."""
     if not isinstance(tests, str):
         return [str(t) for t in tests if str(t).strip()]
     try:
         module = ast.parse(tests)
     except SyntaxError:
         return [tests] if tests.strip() else []
+    body = module.body
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.List):
+        try:  # a JSON/Python list of test strings stored as text: as a list it would "pass"
+            items = ast.literal_eval(body[0].value)
+        except ValueError:
+            items = None
+        if isinstance(items, list) and all(isinstance(t, str) for t in items):
+            return split_tests(items)
     lines = tests.splitlines(keepends=True)
     chunks, start = [], 0
     for node in module.body:

@@ -50,6 +50,9 @@ class RewardOutput:
 class RewardSet:
     """Several reward functions with weights; ``score`` returns a ``RewardOutput``.
 
+    Names (for logs and weight mappings) come from a mapping's keys, ``names``, or each
+    function's ``__name__``; repeated names get a suffix (``format``, ``format_2``).
+
     Calling the set like a reward function returns just the totals, so a set can itself be
     used wherever a reward callable is expected.
     """
@@ -58,11 +61,15 @@ class RewardSet:
         self,
         functions: Sequence[RewardFn] | Mapping[str, RewardFn],
         weights: Sequence[float] | Mapping[str, float] | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         if isinstance(functions, Mapping):
             named = list(functions.items())
         else:
-            named = [(reward_name(fn), fn) for fn in functions]
+            if names is not None and len(names) != len(functions):
+                raise RewardError(f"{len(names)} names for {len(functions)} reward functions")
+            given = names if names is not None else [reward_name(fn) for fn in functions]
+            named = list(zip(given, functions))
         if not named:
             raise RewardError("a RewardSet needs at least one reward function")
         self.names: list[str] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from posttrain.errors import ConfigError
-from posttrain.rewards.combine import RewardSet
+from posttrain.rewards.combine import RewardSet, reward_name
 
 RewardFn = Callable[..., Sequence]
 
@@ -61,8 +61,9 @@ def load_reward_set(
     specs: Sequence[str | RewardFn | Mapping], weights: Sequence[float] | None = None
 ) -> RewardSet:
     """A ``RewardSet`` from a list of specs. A mapping spec is ``{"name": spec, "weight": w,
-    **options}``; its weight wins over ``weights``."""
-    functions, resolved = [], []
+    **options}``; its weight wins over ``weights``. Built-ins are logged under their spec name
+    (``rewards/math/mean``), user functions under their ``__name__``."""
+    functions, resolved, names = [], [], []
     if weights is not None and len(weights) != len(specs):
         raise ConfigError(f"{len(weights)} reward weights for {len(specs)} rewards: give one "
                           "weight per reward")
@@ -77,9 +78,12 @@ def load_reward_set(
             weight = options.pop("weight", weight)
             functions.append(load_reward(name, **options))
         else:
+            name = spec
             functions.append(load_reward(spec))
         resolved.append(weight)
-    return RewardSet(functions, resolved)
+        builtin = isinstance(name, str) and name.strip() in BUILTIN_REWARDS
+        names.append(name.strip() if builtin else reward_name(functions[-1]))
+    return RewardSet(functions, resolved, names=names)
 
 
 def _builtin(name: str, options: dict) -> RewardFn:

@@ -1,20 +1,22 @@
 """Run untrusted Python (model-written code) in a separate, resource-limited process.
 
 Generated code is hostile by default: it may loop forever, fork-bomb, eat memory, flood its
-output, open sockets, write over our files, read our secrets or kill us. Each run therefore goes
-through a small trusted *launcher* (``python -I -S``, started in its own session) that applies
-every limit the kernel offers to it and then ``exec``s a fresh ``python -I`` on the code:
+output, open sockets, write over our files, read our secrets or kill us. Each run goes through a
+small trusted *launcher* (``python -I -S`` in its own session) that applies every limit the kernel
+lets it and then ``exec``s a fresh ``python -I`` on the code:
 
-* new network namespace (no interface is up, so nothing is reachable, loopback included);
-* new mount namespace with private tmpfs over ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``:
-  the work directory lives there and vanishes with the run;
-* new PID namespace with a tiny init: when the run ends, the kernel kills every process in it,
-  and the code cannot name (let alone signal) any process outside;
-* as root: privileges dropped to ``nobody`` (no write access to our files, no signals to our
-  processes), ``RLIMIT_NPROC`` (per-uid, so only meaningful after the uid change), no_new_privs;
-* ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, ``RLIMIT_CORE``;
-* a scrubbed environment, stdin on /dev/null, stdout/stderr read with a size cap, a wall-clock
-  deadline, and SIGKILL to the whole process group (and the namespace init) afterwards.
+* network namespace: no interface is up, so nothing is reachable, loopback included;
+* mount namespace with private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock: the work
+  directory lives there and vanishes with the run;
+* PID namespace with a tiny init: when the run ends the kernel kills every process in it, and
+  the code cannot name (let alone signal) any process outside;
+* as root: uid/gid ``nobody`` (cannot write our files or signal our processes), then
+  RLIMIT_NPROC (counted per uid, so only meaningful after the uid change); no_new_privs;
+  not root: an unprivileged user namespace where allowed (same namespaces and NPROC, but the code
+  keeps our uid, so our files outside the private tmpfs stay writable to it);
+* RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE; a scrubbed environment;
+  stdin on /dev/null; stdout/stderr read with a size cap; a wall-clock deadline; SIGKILL to the
+  namespace init / worker and the process group, returning only once every process is gone.
 
 Every namespace step is best effort (containers may forbid them); what was achieved is reported in
 ``SandboxResult.isolation``. Without a network namespace the code is prefixed with a Python-level
@@ -237,7 +239,7 @@ def run_python_sandboxed(
     """Run ``code`` as ``main.py`` in a throw-away directory under every limit listed above.
 
     ``timeout_s`` is wall-clock; ``cpu_time_s`` (default: ``timeout_s``) is RLIMIT_CPU.
-    ``max_processes`` is RLIMIT_NPROC for the ``nobody`` uid (1 = the code cannot fork).
+    ``max_processes``: how many processes the code may have (1 = it cannot fork).
     Output beyond ``max_output_bytes`` per stream kills the run (``output_truncated``).
     ``files`` are extra text files written next to ``main.py``.
     """

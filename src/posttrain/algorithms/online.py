@@ -1,0 +1,308 @@
+"""Online policy-gradient RL: the part GRPO, RLOO, REINFORCE++ and PPO share.
+
+One *round* (the algorithm box of Shao et al. 2024, and of PPO without the critic):
+
+    prompts      <- next prompts_per_step prompts
+    rollout      <- policy samples num_generations completions per prompt      (generation)
+    rewards      <- reward functions(prompts, completions, columns)            (reward)
+    advantages   <- estimator(rewards)       # grpo | rloo | reinforce_pp | gae (PPO)
+    old, ref     <- log-probs of the sampled tokens under pi_old and pi_ref     (scoring)
+    repeat num_iterations times, over mini_batches mini-batches:               (training)
+        loss = aggregate( clipped_surrogate(logp, old, A) + beta * KL(pi || pi_ref) )
+        one optimiser step per mini-batch
+
+The estimators differ only in ``estimate_advantages``; PPO (algorithms/ppo.py) overrides it and
+adds a critic loss. Everything else, including batching, logging and the time split, is here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from posttrain.algorithms.online_config import OnlineRLConfig
+from posttrain.data.formats import to_prompt_example, validate_rows
+from posttrain.data.loading import load_rows
+from posttrain.models import is_peft, load_causal_lm, load_policy, load_tokenizer, save_model
+from posttrain.ops.advantages import (
+    group_advantages,
+    reinforce_pp_baseline_advantages,
+    rloo_advantages,
+    zero_std_groups,
+)
+from posttrain.ops.policy import aggregate_token_loss, clipped_surrogate, kl_estimate
+from posttrain.ops.stats import masked_mean
+from posttrain.rewards.loading import load_reward_set
+from posttrain.rollout.base import Rollout, SamplingParams, encode_prompts
+from posttrain.rollout.hf import HFGenerator
+from posttrain.train.batching import split_micro, step_indices
+from posttrain.train.forward import TokenLogprobs
+from posttrain.train.loop import StepBatch
+
+
+@dataclass
+class RoundData:
+    """A scored rollout: what every mini-batch of the round draws from."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N] sequence-level, or [N, C] per token
+    keep: list[int]  # rows that are trained (zero-std groups may be dropped)
+    metrics: dict[str, float]
+
+
+class OnlineRL:
+    """Shared machinery; subclasses set ``config`` defaults and may override
+    ``estimate_advantages`` / ``extra_loss`` (PPO's critic)."""
+
+    console_keys = ("rewards/total/mean", "eval/rewards/total/mean", "kl", "completion_length")
+
+    def __init__(self, config: OnlineRLConfig, model=None, tokenizer=None, reward_functions=None):
+        self.config = config
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model)
+        self.rewards = load_reward_set(reward_functions or config.rewards, config.reward_weights)
+        self.prompts = self._load_prompts(config.train_data, config.train_split, config.max_samples)
+        self.eval_prompts = (
+            self._load_prompts(config.eval_data, config.eval_split, config.eval_max_samples)
+            if config.eval_data else []
+        )
+        self.model = model if model is not None else load_policy(config, self.tokenizer)
+        self.reference = None
+        if config.beta > 0 and not (config.use_lora and is_peft(self.model)):
+            reference = load_causal_lm(config.model, config.dtype, config.attn_implementation,
+                                       config.trust_remote_code)
+            self.reference = TokenLogprobs(reference.eval().requires_grad_(False))
+        self.generator = HFGenerator(self.model, self.tokenizer,
+                                     max_batch_rows=config.generation_batch_rows)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def _load_prompts(self, spec: str, split: str, limit: int | None) -> list:
+        rows = load_rows(spec, split, self.config.data_subset).take(limit)
+        return validate_rows(rows, to_prompt_example)
+
+    # --- batch semantics ----------------------------------------------------------------
+    @property
+    def steps_per_round(self) -> int:
+        return self.config.num_iterations * self.config.mini_batches
+
+    def total_steps(self) -> int:
+        c = self.config
+        if c.max_steps > 0:
+            return c.max_steps
+        rounds = math.ceil(len(self.prompts) * c.num_epochs / c.prompts_per_step)
+        return max(1, rounds) * self.steps_per_round
+
+    def wrap(self, model):
+        return TokenLogprobs(model)
+
+    def attach(self, wrapped, accelerator) -> None:
+        self.wrapped, self.device = wrapped, accelerator.device
+        if self.reference is not None:
+            self.reference.to(self.device)
+
+    def sampling_params(self, round_index: int, greedy: bool = False) -> SamplingParams:
+        c = self.config
+        return SamplingParams(
+            n=1 if greedy else c.num_generations,
+            temperature=0.0 if greedy else c.temperature,
+            top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
+            seed=c.seed * 1_000_003 + round_index,
+        )
+
+    # --- one round: rollout -> rewards -> advantages -> old/ref log-probs -----------------
+    def step_batches(self, start_step: int) -> Iterator[StepBatch]:
+        c = self.config
+        first_round = start_step // self.steps_per_round
+        order = step_indices(len(self.prompts), c.prompts_per_step, c.seed, first_round)
+        for round_index, indices in enumerate(order, start=first_round):
+            data = self.collect(round_index, [self.prompts[i] for i in indices])
+            yield from self.round_step_batches(data, round_index)
+
+    def collect(self, round_index: int, examples: list) -> RoundData:
+        c = self.config
+        t0 = time.time()
+        prompt_ids = encode_prompts(self.tokenizer, [e.prompt for e in examples])
+        rollout = self.generator.generate(prompt_ids, self.sampling_params(round_index))
+        t1 = time.time()
+        rows = rollout.prompt_index  # row -> prompt
+        columns = {key: [examples[p].columns.get(key) for p in rows]
+                   for key in sorted({k for e in examples for k in e.columns})}
+        scored = self.rewards.score([examples[p].prompt for p in rows], rollout.completions,
+                                    rollout.completion_ids, columns)
+        rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
+        t2 = time.time()
+
+        flat = zero_std_groups(rewards, c.num_generations)  # [N / G] bool
+        keep = list(range(len(rewards)))
+        if c.skip_zero_std_groups:
+            keep = [i for i in keep if not flat[i // c.num_generations]]
+        if c.mask_truncated_completions:
+            keep = [i for i in keep if rollout.finish_reasons[i] == "stop"]
+        lengths = [len(ids) for ids in rollout.completion_ids]
+        metrics = {
+            **scored.metrics(),
+            "frac_reward_zero_std": float(flat.float().mean()),
+            "completion_length": sum(lengths) / len(lengths),
+            "frac_truncated": rollout.finish_reasons.count("length") / len(lengths),
+            "trained_completions": len(keep),
+            "time/generation_s": round(t1 - t0, 3),
+            "time/reward_s": round(t2 - t1, 3),
+            "generated_tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
+        }
+        advantages = self.estimate_advantages(rollout, rewards)
+        return RoundData(rollout, rewards, advantages, keep, metrics)
+
+    def estimate_advantages(self, rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
+        """Sequence-level advantages [N] for the critic-free estimators."""
+        c = self.config
+        G = c.num_generations
+        if c.advantage_estimator == "grpo":
+            return group_advantages(rewards, G, scale=c.scale_rewards)
+        if c.advantage_estimator == "rloo":
+            return rloo_advantages(rewards, G)
+        if c.advantage_estimator == "reinforce_pp":  # group baseline, then batch whitening
+            mask = torch.ones(len(rewards), 1)
+            return reinforce_pp_baseline_advantages(rewards, G, mask)[:, 0]
+        raise ValueError(f"unknown advantage_estimator {c.advantage_estimator!r}")
+
+    def round_step_batches(self, data: RoundData, round_index: int) -> Iterator[StepBatch]:
+        """num_iterations passes x mini_batches optimiser steps over the kept rows."""
+        c = self.config
+        if not data.keep:  # nothing to learn from (all groups flat): steps do nothing
+            for _ in range(self.steps_per_round):
+                yield StepBatch([], {"sequences": 0, "tokens": 0}, dict(data.metrics))
+            return
+        generator = torch.Generator().manual_seed(c.seed + round_index)
+        t0 = time.time()
+        micro_all = [self.make_micro(data, rows)
+                     for rows in split_micro(data.keep, c.per_device_batch_size)]
+        self.score_old_and_ref(micro_all)
+        scoring_s = time.time() - t0
+        for iteration in range(c.num_iterations):
+            order = torch.randperm(len(data.keep), generator=generator).tolist()
+            rows = [data.keep[i] for i in order] if c.mini_batches > 1 else data.keep
+            size = math.ceil(len(rows) / c.mini_batches)
+            for m in range(c.mini_batches):
+                mini = rows[m * size : (m + 1) * size]
+                if c.mini_batches == 1:
+                    micro = micro_all  # same rows, precomputed old/ref log-probs
+                else:
+                    micro = [self.make_micro(data, r) for r in split_micro(mini, c.per_device_batch_size)]
+                    self.score_old_and_ref(micro)
+                tokens = sum(float(mb["completion_mask"].sum()) for mb in micro)
+                metrics = dict(data.metrics) if iteration == 0 and m == 0 else {}
+                metrics["time/scoring_s"] = round(scoring_s, 3)
+                yield StepBatch(micro, {"sequences": len(mini), "tokens": tokens}, metrics)
+
+    def make_micro(self, data: RoundData, rows: list[int]) -> dict[str, Any]:
+        r = data.rollout
+        sub = Rollout(
+            prompt_ids=[r.prompt_ids[i] for i in rows],
+            completion_ids=[r.completion_ids[i] for i in rows],
+            completions=[r.completions[i] for i in rows],
+            sampler_logprobs=[r.sampler_logprobs[i] for i in rows],
+            finish_reasons=[r.finish_reasons[i] for i in rows],
+            prompt_index=[r.prompt_index[i] for i in rows],
+        )
+        batch = dict(sub.to_padded_tensors(self.pad_id))
+        advantages = data.advantages[rows]
+        width = batch["completion_mask"].shape[1]
+        if advantages.ndim == 2:  # per-token (PPO): trim to this micro-batch's width
+            advantages = advantages[:, :width]
+        batch["advantages"] = advantages
+        batch["rows"] = rows
+        return batch
+
+    @torch.no_grad()
+    def score_old_and_ref(self, micro_batches: list[dict]) -> None:
+        """pi_old log-probs (only needed when the round takes more than one optimiser step;
+        otherwise pi_old = pi_theta exactly and the ratio is 1) and pi_ref log-probs (beta > 0)."""
+        need_old = self.steps_per_round > 1
+        for mb in micro_batches:
+            if need_old:
+                mb["old_logprobs"] = self.logprobs(self.wrapped, mb)[0]
+            if self.config.beta > 0:
+                mb["ref_logprobs"] = self.reference_logprobs(mb)
+
+    def logprobs(self, scorer, mb: dict, return_entropy: bool = False):
+        P = mb["prompt_length"]
+        return scorer(
+            mb["input_ids"].to(self.device), mb["input_ids"][:, P:].to(self.device),
+            attention_mask=mb["attention_mask"].to(self.device),
+            position_ids=mb["position_ids"].to(self.device),
+            temperature=self.config.temperature, return_entropy=return_entropy,
+        )  # [B, C]
+
+    def reference_logprobs(self, mb: dict) -> torch.Tensor:
+        if self.reference is not None:
+            return self.logprobs(self.reference, mb)[0]
+        with self.model.disable_adapter():  # LoRA: the base model is the reference
+            return self.logprobs(self.wrapped, mb)[0]
+
+    # --- the loss ----------------------------------------------------------------------
+    def loss(self, wrapped, mb: dict, step_batch: StepBatch):
+        c = self.config
+        mask = mb["completion_mask"].to(self.device)  # [B, C]
+        logprobs, entropy = self.logprobs(wrapped, mb, return_entropy=c.log_entropy)
+        old = mb["old_logprobs"] if "old_logprobs" in mb else logprobs.detach()
+        advantages = mb["advantages"].to(self.device)
+        if advantages.ndim == 1:
+            advantages = advantages[:, None]  # same advantage for every token of a response
+        per_token, clipped_low, clipped_high = clipped_surrogate(
+            logprobs, old, advantages, epsilon_low=c.epsilon, epsilon_high=c.epsilon_high)
+        metrics = {
+            "clip_ratio/low": float(masked_mean(clipped_low.float(), mask)),
+            "clip_ratio/high": float(masked_mean(clipped_high.float(), mask)),
+        }
+        if c.beta > 0:
+            kl = kl_estimate(logprobs, mb["ref_logprobs"], c.kl_estimator)  # [B, C]
+            per_token = per_token + c.beta * kl
+            metrics["kl"] = float(masked_mean(kl.detach(), mask))
+        if entropy is not None:
+            metrics["entropy"] = float(masked_mean(entropy, mask))
+        loss = aggregate_token_loss(
+            per_token, mask, c.loss_type,
+            total_sequences=step_batch.totals["sequences"],
+            total_tokens=step_batch.totals["tokens"],
+            max_completion_length=c.max_new_tokens,
+            num_micro_batches=len(step_batch.micro_batches),
+        )
+        extra, extra_metrics = self.extra_loss(mb, step_batch)
+        return loss + extra, {**metrics, **extra_metrics}
+
+    def extra_loss(self, mb: dict, step_batch: StepBatch) -> tuple[Any, dict[str, float]]:
+        """Additional loss terms (PPO's value loss); none for critic-free estimators."""
+        return 0.0, {}
+
+    # --- evaluation and saving -----------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, wrapped) -> dict[str, float]:
+        """Greedy answers to the eval prompts, scored by the same reward functions (for the
+        math reward this is the accuracy, counted on the final answer only)."""
+        if not self.eval_prompts:
+            return {}
+        examples = self.eval_prompts
+        rows_total: dict[str, list[float]] = {}
+        for start in range(0, len(examples), self.config.eval_batch_size):
+            chunk = examples[start : start + self.config.eval_batch_size]
+            rollout = self.generator.generate(
+                encode_prompts(self.tokenizer, [e.prompt for e in chunk]),
+                self.sampling_params(0, greedy=True))
+            columns = {k: [e.columns.get(k) for e in chunk]
+                       for k in sorted({k for e in chunk for k in e.columns})}
+            scored = self.rewards.score([e.prompt for e in chunk], rollout.completions,
+                                        rollout.completion_ids, columns)
+            for name, values in [*scored.per_function.items(), ("total", scored.totals)]:
+                rows_total.setdefault(name, []).extend(v for v in values if v is not None)
+        return {f"rewards/{k}/mean": sum(v) / len(v) for k, v in rows_total.items() if v}
+
+    def save(self, output_dir: str) -> None:
+        from posttrain.config import save_config
+
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+        save_config(self.config, f"{output_dir}/posttrain_config.yaml")

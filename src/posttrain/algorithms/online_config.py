@@ -1,0 +1,125 @@
+"""Configuration of online RL (GRPO, RLOO, REINFORCE++, PPO): batch semantics and defaults.
+
+Batch semantics, checked before any model loads:
+
+* one *round* samples ``prompts_per_step`` prompts x ``num_generations`` completions
+  (N completions; GRPO's group size G = num_generations);
+* the round's completions are trained ``num_iterations`` times (mu in the GRPO paper), each pass
+  split into ``mini_batches`` optimiser steps: steps per round = num_iterations x mini_batches;
+* ``per_device_batch_size`` is the number of completions per forward/backward pass (the
+  micro-batch). Gradient accumulation follows from the above (micro-batches per mini-batch),
+  so ``gradient_accumulation_steps`` must stay 1 here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from posttrain.config import TrainConfig, option
+from posttrain.errors import ConfigError
+
+
+@dataclass
+class OnlineRLConfig(TrainConfig):
+    # --- data and rewards ------------------------------------------------------------
+    rewards: list[Any] = option(
+        ["math"],
+        "Reward functions: built-in names (math, format, think_format, boxed_format, code, "
+        "reward_model), 'module:function' or 'file.py:function', or mappings "
+        "{name: ..., weight: ..., <options>}.",
+    )
+    reward_weights: list[float] | None = option(None, "One weight per reward (default 1 each).")
+    eval_max_samples: int | None = option(None, "Use only the first N eval prompts.")
+    eval_batch_size: int = option(32, "Prompts per greedy generation call during evaluation.")
+    # --- sampling ----------------------------------------------------------------------
+    prompts_per_step: int = option(4, "Prompts sampled per round.")
+    num_generations: int = option(
+        8, "Completions per prompt (G). Groups need >= 2 to have a baseline."
+    )
+    max_new_tokens: int = option(256, "Completion length cap; longer ones end as 'truncated'.")
+    temperature: float = option(
+        1.0, "Sampling temperature; 1.0 keeps the sampler equal to the policy (ratio = 1)."
+    )
+    top_p: float = option(1.0, "Nucleus sampling (1.0 = off).")
+    top_k: int = option(0, "Top-k sampling (0 = off).")
+    generation_batch_rows: int | None = option(
+        None, "At most this many completions decode together (bounds memory); None = all."
+    )
+    # --- the objective -----------------------------------------------------------------
+    advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = option(
+        "grpo",
+        "grpo: (r - group mean) / group std; rloo: r minus the mean of the other G-1 rewards; "
+        "reinforce_pp: group baseline, then whitened over the batch (REINFORCE++).",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = option(
+        "group",
+        "GRPO advantage scale: divide by the group std (paper), the batch std, or not at all "
+        "(Dr. GRPO: avoids favouring groups whose rewards barely differ).",
+    )
+    beta: float = option(
+        0.0,
+        "KL(pi || pi_ref) coefficient. 0 (current practice, DAPO/Dr. GRPO) loads no reference "
+        "model at all; under LoRA the reference is the base model (adapter disabled).",
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = option(
+        "k3", "KL estimator (Schulman 2020); GRPO uses k3 (unbiased, >= 0)."
+    )
+    epsilon: float = option(0.2, "Clip range: ratio clipped to [1 - epsilon, 1 + epsilon_high].")
+    epsilon_high: float | None = option(
+        None, "Upper clip (DAPO clip-higher, e.g. 0.28); None = epsilon."
+    )
+    num_iterations: int = option(
+        1, "Passes over each round's completions (mu). 1 = strictly on-policy: ratio = 1."
+    )
+    mini_batches: int = option(1, "Optimiser steps per pass over a round's completions.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = option(
+        "dapo",
+        "How per-token losses become one number: grpo = mean of per-sequence means (long "
+        "answers' tokens weigh less); dapo = mean over all tokens of the step; dr_grpo = sum / "
+        "(sequences x max_new_tokens); bnpo = per-micro-batch token mean (depends on the split).",
+    )
+    mask_truncated_completions: bool = option(
+        False, "Leave completions that hit max_new_tokens out of the loss (DAPO)."
+    )
+    skip_zero_std_groups: bool = option(
+        False,
+        "Leave groups whose rewards are all equal out of the training pass. With beta = 0 their "
+        "advantages are 0 and they carry no gradient, but they still cost a forward and "
+        "backward. Note: the loss normaliser (tokens or sequences) then counts only the kept "
+        "completions, so each kept token weighs a little more than without skipping.",
+    )
+    log_entropy: bool = option(
+        True, "Log the policy's mean token entropy (one extra output-layer pass, no grad)."
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations={self.num_generations}: group baselines need at least 2 "
+                "completions per prompt."
+            )
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError(
+                "gradient_accumulation_steps is derived in online RL: one optimiser step "
+                "covers (prompts_per_step x num_generations / mini_batches) completions in "
+                "micro-batches of per_device_batch_size. Leave it at 1."
+            )
+        completions = self.prompts_per_step * self.num_generations
+        if self.mini_batches < 1 or completions % self.mini_batches:
+            raise ConfigError(
+                f"mini_batches={self.mini_batches} must divide the round's "
+                f"{completions} completions (prompts_per_step x num_generations)."
+            )
+        steps_per_round = self.num_iterations * self.mini_batches
+        if self.save_steps and self.save_steps % steps_per_round:
+            raise ConfigError(
+                f"save_steps={self.save_steps} must be a multiple of the {steps_per_round} "
+                "optimiser steps per round (num_iterations x mini_batches): a checkpoint in "
+                "the middle of a round could not resume it."
+            )
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 for RL sampling (0 would be greedy).")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ConfigError("epsilon_high must be >= epsilon (it widens the upper clip).")
