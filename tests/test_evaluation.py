@@ -51,6 +51,7 @@ ROWS = [
     row(12, "*", 11, 132, "mul2"),
     row(40, "+", 92, 132, "add2"),
     row(9, "+", 9, 18, "add1"),
+    row(6, "*", 7, 42, "mul1"),
 ]
 ANSWERS = [
     "2 + 3 = 5. The answer is \\boxed{5}.",  # correct, boxed
@@ -58,6 +59,7 @@ ANSWERS = [
     "I am not sure how to multiply these ...",  # no answer at all, truncated
     "40 + 92 = 132",  # correct final number, no box
     "The answer is \\boxed{18}. Wait, 9 + 9 = 17.",  # boxed answer wins over a later number
+    "6 * 7 = 42. The answer is \\boxed{}.",  # an empty box is neither an answer nor boxed
 ]
 
 
@@ -65,26 +67,26 @@ def test_accuracy_counts_the_final_answer_only(tiny_tokenizer):
     fake = FakeGenerator(ANSWERS)
     result = evaluate_arithmetic(None, tiny_tokenizer, ROWS, batch_size=2, max_new_tokens=7,
                                  generator=fake)
-    assert [r["correct"] for r in result["records"]] == [True, False, False, True, True]
-    assert result["n"] == 5
-    assert result["accuracy"] == pytest.approx(3 / 5)
-    assert result["boxed_rate"] == pytest.approx(3 / 5)
-    assert result["truncated_rate"] == pytest.approx(1 / 5)
+    assert [r["correct"] for r in result["records"]] == [True, False, False, True, True, False]
+    assert result["n"] == 6
+    assert result["accuracy"] == pytest.approx(3 / 6)
+    assert result["boxed_rate"] == pytest.approx(3 / 6)
+    assert result["truncated_rate"] == pytest.approx(1 / 6)
     assert result["mean_completion_tokens"] == pytest.approx(
-        sum(len(a.split()) for a in ANSWERS) / 5)
-    assert list(result["per_level"]) == ["add1", "sub1", "add2", "mul2"]  # easy to hard
+        sum(len(a.split()) for a in ANSWERS) / 6)
+    assert list(result["per_level"]) == ["add1", "sub1", "mul1", "add2", "mul2"]  # easy to hard
     assert result["per_level"]["add1"] == {"n": 2, "accuracy": 1.0, "boxed_rate": 1.0}
     assert result["per_level"]["sub1"]["accuracy"] == 0.0
-    assert [r["predicted"] for r in result["records"]] == ["5", "4", None, "132", "18"]
+    assert [r["predicted"] for r in result["records"]] == ["5", "4", None, "132", "18", None]
     # greedy, in batches of 2, with the requested length
-    assert len(fake.params) == 3
+    assert len(fake.params) == 3  # 6 rows, 2 per batch
     assert all(p.greedy and p.max_new_tokens == 7 for p in fake.params)
     first = result["records"][0]
     assert first["prompt"] == "What is 2 + 3? Put the final answer in \\boxed{}."
     assert first["completion"] == ANSWERS[0] and first["answer"] == "5"
     table = format_levels(result)
     assert table.splitlines()[0].split() == ["level", "n", "accuracy", "boxed"]
-    assert table.splitlines()[-1].split() == ["all", "5", "60.0%", "60.0%"]
+    assert table.splitlines()[-1].split() == ["all", "6", "50.0%", "50.0%"]
     assert "records" not in json.loads(summary_line(result))
 
 

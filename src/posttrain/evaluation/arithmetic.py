@@ -21,8 +21,9 @@ from posttrain.evaluation.common import Answer, greedy_answers, prompt_text
 from posttrain.rewards.math_reward import extract_final_answer, math_reward
 from posttrain.rollout.base import Generator
 
-# A balanced, non-empty-or-empty \boxed{...} without nested braces: enough for integer answers.
-_BOXED = re.compile(r"\\boxed\s*\{[^{}]*\}")
+# A closed \boxed{...} with something in it (no nested braces: enough for integer answers). An
+# empty "\boxed{}" copied from the question is not an answer in the requested format.
+_BOXED = re.compile(r"\\boxed\s*\{\s*[^{}\s][^{}]*\}")
 
 
 def _check_rows(rows: list[dict[str, Any]]) -> None:

@@ -78,9 +78,9 @@ class HFGenerator:
     max_batch_rows: at most this many rows (prompts x n) decode together; bounds memory
         (None = all prompts in one batch).
     compact_fraction: drop finished rows from the batch (and the KV cache) once they are at
-        least this fraction of it. Copying the cache costs about one decode step of
-        ``DynamicCache`` growth, so it pays when rows finish at different times. 0 compacts as
-        soon as any row finishes, >1 never compacts.
+        least this fraction of it. A compaction copies the cache once, about what one decode
+        step of ``DynamicCache`` growth costs, so the default (0: compact as soon as any row
+        finishes) measured fastest on CPU and GPU (benchmarks/generation.py); >1 never compacts.
     """
 
     def __init__(
@@ -88,7 +88,7 @@ class HFGenerator:
         model: torch.nn.Module,
         tokenizer: Any,
         max_batch_rows: int | None = None,
-        compact_fraction: float = 0.25,
+        compact_fraction: float = 0.0,
     ) -> None:
         if max_batch_rows is not None and max_batch_rows < 1:
             raise PosttrainError(f"HFGenerator: max_batch_rows={max_batch_rows} must be >= 1.")
@@ -113,7 +113,8 @@ class HFGenerator:
                 )
         stop_ids = resolve_stop_token_ids(params, self.tokenizer, self.model)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        pad_id = stop_ids[0] if pad_id is None else pad_id
+        if pad_id is None:  # the pad value is masked out everywhere; any valid id will do
+            pad_id = stop_ids[0] if stop_ids else 0
         device = next(self.model.parameters()).device
         generator = None
         if params.seed is not None:

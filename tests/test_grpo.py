@@ -1,0 +1,167 @@
+"""GRPO / RLOO mechanics on a tiny random model: fast, no big model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from posttrain.algorithms.grpo import GRPO, GRPOConfig
+from posttrain.config import load_config
+from posttrain.errors import ConfigError, RewardError
+from posttrain.train.loop import train
+
+
+def contains_seven(prompts, completions, completion_ids, **_):
+    return [1.0 if "7" in c else 0.0 for c in completions]
+
+
+def answer_length(prompts, completions, completion_ids, **_):
+    """A dense toy reward that varies within (almost) every group, so groups train."""
+    return [float(sum(ids) % 7) for ids in completion_ids]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"Say a number, please {i}", "answer": str(i)} for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make(prompts_file, tmp_path, rewards=(contains_seven,), model=None, tokenizer=None,
+         **values):
+    base = {"model": "random:tiny", "train_data": str(prompts_file),
+            "output_dir": str(tmp_path / "out"), "progress": False, "max_new_tokens": 8,
+            "prompts_per_step": 2, "num_generations": 4, "per_device_batch_size": 8,
+            "log_entropy": False}
+    config = load_config(GRPOConfig, values={**base, **values})
+    return GRPO(config, model=model, tokenizer=tokenizer, reward_functions=list(rewards))
+
+
+def test_mean_reward_rises_on_a_toy_task(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, prompts_per_step=4, num_generations=8,
+                     per_device_batch_size=16, learning_rate=1e-2, max_steps=16)
+    train(algorithm)
+    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").open()]
+    rewards = [r["rewards/total/mean"] for r in records if "rewards/total/mean" in r]
+    assert sum(rewards[:3]) / 3 < 0.5 < sum(rewards[-3:]) / 3
+    for key in ("time/generation_s", "time/reward_s", "frac_reward_zero_std",
+                "clip_ratio/low", "completion_length", "rewards/contains_seven/std"):
+        assert key in records[0]
+
+
+def first_round(algorithm, advantages=None):
+    class FakeAccelerator:
+        device = torch.device("cpu")
+
+    algorithm.attach(algorithm.wrap(algorithm.model), FakeAccelerator())
+    data = algorithm.collect(0, algorithm.prompts[:2])
+    if advantages is not None:  # arbitrary (non-zero-mean) advantages, to test the loss
+        data.advantages = advantages
+    return data, list(algorithm.round_step_batches(data, 0))
+
+
+def test_first_iteration_ratio_is_one_and_loss_is_minus_mean_advantage(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), max_new_tokens=6,
+                     loss_type="dapo")
+    data, steps = first_round(algorithm, advantages=torch.arange(8.0) - 2.0)
+    (step,) = steps
+    total = 0.0
+    for mb in step.micro_batches:
+        loss, metrics = algorithm.loss(algorithm.wrapped, mb, step)
+        assert metrics["clip_ratio/low"] == 0 and metrics["clip_ratio/high"] == 0
+        total += loss.item()
+    # ratio = 1: token loss = -A_i, dapo = token mean over the step
+    lengths = torch.tensor([len(c) for c in data.rollout.completion_ids], dtype=torch.float32)
+    expected = -(data.advantages * lengths).sum() / lengths.sum()
+    assert abs(expected.item()) > 0.1
+    assert total == pytest.approx(expected.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_accumulation_1x8_equals_8x1(prompts_file, tmp_path, tiny_tokenizer, loss_type):
+    from posttrain.tiny import build_tiny_model
+
+    grads = []
+    for micro in (8, 1):
+        model = build_tiny_model(tiny_tokenizer)
+        algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), model=model,
+                         tokenizer=None, per_device_batch_size=micro, loss_type=loss_type)
+        _, (step,) = first_round(algorithm)
+        assert len(step.micro_batches) == 8 // micro
+        for mb in step.micro_batches:
+            algorithm.loss(algorithm.wrapped, mb, step)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
+                                if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_skip_zero_std_groups_drops_flat_groups(prompts_file, tmp_path):
+    def first_group_flat(prompts, completions, completion_ids, **_):
+        return [0.0] * 4 + [float(i) for i in range(4)]
+
+    algorithm = make(prompts_file, tmp_path, rewards=(first_group_flat,),
+                     skip_zero_std_groups=True)
+    data, (step,) = first_round(algorithm)
+    assert data.keep == [4, 5, 6, 7]
+    assert data.metrics["frac_reward_zero_std"] == 0.5
+    assert step.totals["sequences"] == 4
+
+
+def test_several_iterations_store_old_logprobs(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), num_iterations=2,
+                     mini_batches=2)
+    _, steps = first_round(algorithm)
+    assert len(steps) == 4 and algorithm.total_steps() == 8 * 4
+    assert all("old_logprobs" in mb for step in steps for mb in step.micro_batches)
+
+
+def test_lora_reference_is_the_base_model(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), beta=0.1,
+                     use_lora=True, lora_r=4)
+    assert algorithm.reference is None  # no second copy in memory
+    _, (step,) = first_round(algorithm)
+    for mb in step.micro_batches:
+        _, metrics = algorithm.loss(algorithm.wrapped, mb, step)
+        assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # fresh adapter: policy == base
+
+
+def test_reward_error_names_the_function(prompts_file, tmp_path):
+    def broken(prompts, completions, completion_ids, **_):
+        raise KeyError("answer_text")
+
+    algorithm = make(prompts_file, tmp_path, rewards=(broken,))
+    with pytest.raises(RewardError, match="broken"):
+        first_round(algorithm)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"num_generations": 1}, "at least 2"),
+    ({"gradient_accumulation_steps": 2}, "derived in online RL"),
+    ({"mini_batches": 3}, "must divide"),
+    ({"num_iterations": 2, "save_steps": 3}, "multiple of the 2"),
+    ({"epsilon_high": 0.1}, "epsilon_high must be >= epsilon"),
+    ({"loss_type": "ppo"}, "expected one of"),
+])
+def test_batch_semantics_are_validated_before_loading(values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(GRPOConfig, values={"train_data": "x.jsonl", **values})
+
+
+def test_cli_grpo_with_user_reward_file(prompts_file, tmp_path, capsys):
+    from posttrain.cli import main
+
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text("def longer(prompts, completions, completion_ids, **kw):\n"
+                           "    return [float(len(c)) for c in completions]\n")
+    code = main(["grpo", f"train_data={prompts_file}", "model=random:tiny",
+                 f"output_dir={tmp_path / 'cli'}", f"rewards=['{reward_file}:longer']",
+                 "max_steps=1", "max_new_tokens=4", "progress=false", "num_generations=2",
+                 "prompts_per_step=2", f"eval_data={prompts_file}", "eval_max_samples=2"])
+    assert code == 0
+    assert (tmp_path / "cli" / "model.safetensors").exists()
+    last = json.loads((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "eval/rewards/longer/mean" in last
