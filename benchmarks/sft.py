@@ -36,8 +36,8 @@ def make_data(path: Path, rows: int, seq_len: int) -> None:
 
 def run_one(args: argparse.Namespace) -> dict:
     import torch
-    from common import peak_memory_mb
 
+    from common import peak_memory_mb
     from posttrain.algorithms.sft import SFT, SFTConfig
     from posttrain.config import load_config
     from posttrain.train.loop import train

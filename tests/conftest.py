@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tiny models run fastest on one thread (thread start-up costs more than their matmuls), and
+# a busy 2-core machine thrashes with more threads than cores. POSTTRAIN_TEST_THREADS overrides.
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("POSTTRAIN_TEST_THREADS", "1")))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -165,3 +165,32 @@ def test_cli_grpo_with_user_reward_file(prompts_file, tmp_path, capsys):
     assert (tmp_path / "cli" / "model.safetensors").exists()
     last = json.loads((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "eval/rewards/longer/mean" in last
+
+
+def test_mini_batches_keep_the_rollout_policy_as_pi_old(prompts_file, tmp_path):
+    """With several optimiser steps per round, pi_old must be the policy that sampled, not
+    the policy after the round's first update."""
+    import copy
+
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), mini_batches=2)
+
+    class FakeAccelerator:
+        device = torch.device("cpu")
+
+    algorithm.attach(algorithm.wrap(algorithm.model), FakeAccelerator())
+    sampler = copy.deepcopy(algorithm.wrapped)
+    data = algorithm.collect(0, algorithm.prompts[:2])
+    steps = algorithm.round_step_batches(data, 0)
+    first = next(steps)
+    optimizer = torch.optim.SGD(algorithm.model.parameters(), lr=1.0)
+    for mb in first.micro_batches:
+        algorithm.loss(algorithm.wrapped, mb, first)[0].backward()
+    optimizer.step()  # the policy moves before the second mini-batch is built
+    second = next(steps)
+    for mb in second.micro_batches:
+        with torch.no_grad():
+            expected = algorithm.logprobs(sampler, mb)[0]
+            moved = algorithm.logprobs(algorithm.wrapped, mb)[0]
+        mask = mb["completion_mask"].bool()
+        torch.testing.assert_close(mb["old_logprobs"][mask], expected[mask], atol=1e-5, rtol=0)
+        assert not torch.allclose(moved[mask], expected[mask], atol=1e-3)

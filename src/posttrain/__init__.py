@@ -37,3 +37,11 @@ def grpo(config, reward_functions=None, **overrides):
     from posttrain.algorithms.grpo import grpo as run
 
     return run(config, reward_functions=reward_functions, **overrides)
+
+
+def ppo(config, reward_functions=None, **overrides):
+    """PPO with a learned critic (GAE, KL-shaped rewards); ``config`` is a ``PPOConfig`` or a
+    dict of its keys; ``reward_functions`` may be callables."""
+    from posttrain.algorithms.ppo import ppo as run
+
+    return run(config, reward_functions=reward_functions, **overrides)

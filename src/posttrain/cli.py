@@ -4,6 +4,7 @@
     posttrain chat --model outputs/sft --prompt "What is 2 + 3?"
     posttrain generate --model outputs/sft --input prompts.jsonl --output answers.jsonl
     posttrain dpo --config recipes/tiny/dpo.yaml reference=precomputed
+    posttrain ppo --config recipes/smollm2-135m/ppo_arithmetic.yaml max_steps=2
     posttrain score --model outputs/rm --data pairs.jsonl
     posttrain eval --model outputs/sft --task arithmetic --limit 100 --output answers.jsonl
     posttrain models
@@ -36,6 +37,8 @@ TRAINERS = {
              "online RL with group-relative advantages (no value model)"),
     "rloo": ("posttrain.algorithms.grpo", "RLOOConfig", "GRPO",
              "online RL with leave-one-out baselines (REINFORCE Leave-One-Out)"),
+    "ppo": ("posttrain.algorithms.ppo", "PPOConfig", "PPO",
+            "online RL with a learned critic (PPO: GAE, clipped policy and value losses)"),
 }
 
 

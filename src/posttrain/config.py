@@ -102,6 +102,9 @@ class TrainConfig:
     output_dir: str = option("outputs/run", "Folder for the model, checkpoints and metrics.")
     logging_steps: int = option(1, "Write metrics every N optimiser steps.")
     eval_steps: int = option(0, "Evaluate every N steps (0 = only at the end, if eval data).")
+    eval_on_start: bool = option(
+        False, "Also evaluate before the first step (the baseline of the learning curve)."
+    )
     save_steps: int = option(0, "Checkpoint every N steps (0 = only at the end).")
     save_total_limit: int = option(2, "Keep only the newest N checkpoints (0 = keep all).")
     resume: bool = option(

@@ -13,6 +13,12 @@ One *round* (the algorithm box of Shao et al. 2024, and of PPO without the criti
 
 The estimators differ only in ``estimate_advantages``; PPO (algorithms/ppo.py) overrides it and
 adds a critic loss. Everything else, including batching, logging and the time split, is here.
+
+Hooks a subclass may override (PPO uses all of them; the defaults are GRPO/RLOO/REINFORCE++):
+``estimate_advantages(data)`` (may also fill ``data.token_data``, per-token [N, C] tensors that
+reach every micro-batch, e.g. old log-probs and values), ``needs_reference()``,
+``kl_loss_coef()`` (the KL weight inside the loss), ``training_forward`` (the one forward pass
+of the loss; it may return extra outputs such as values) and ``extra_loss`` (e.g. a value loss).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,9 +57,14 @@ class RoundData:
 
     rollout: Rollout
     rewards: torch.Tensor  # [N]
-    advantages: torch.Tensor  # [N] sequence-level, or [N, C] per token
+    advantages: torch.Tensor | None  # [N] sequence-level, or [N, C] per token; None until set
     keep: list[int]  # rows that are trained (zero-std groups may be dropped)
     metrics: dict[str, float]
+    # per-token round tensors [N, C] (C = the round's longest completion; completions are
+    # aligned from column 0), sliced into every micro-batch under the same key (PPO: old
+    # log-probs, values, returns)
+    token_data: dict[str, torch.Tensor] = field(default_factory=dict)
+    scoring_s: float = 0.0  # forward passes spent by estimate_advantages (logged as scoring)
 
 
 class OnlineRL:
@@ -72,18 +83,35 @@ class OnlineRL:
             if config.eval_data else []
         )
         self.model = model if model is not None else load_policy(config, self.tokenizer)
+        self.policy = self.model  # what samples; PPO's ``model`` also holds a critic
         self.reference = None
-        if config.beta > 0 and not (config.use_lora and is_peft(self.model)):
+        if self.needs_reference() and not (config.use_lora and is_peft(self.model)):
             reference = load_causal_lm(config.model, config.dtype, config.attn_implementation,
                                        config.trust_remote_code)
             self.reference = TokenLogprobs(reference.eval().requires_grad_(False))
-        self.generator = HFGenerator(self.model, self.tokenizer,
+        self.generator = HFGenerator(self.policy, self.tokenizer,
                                      max_batch_rows=config.generation_batch_rows)
         self.pad_id = self.tokenizer.pad_token_id
 
+    def needs_reference(self) -> bool:
+        """Whether pi_ref log-probs are needed (a reference model is loaded unless LoRA)."""
+        return self.config.beta > 0
+
+    def kl_loss_coef(self) -> float:
+        """Weight of the KL(pi || pi_ref) term inside the loss (0 = no term)."""
+        return self.config.beta
+
     def _load_prompts(self, spec: str, split: str, limit: int | None) -> list:
-        rows = load_rows(spec, split, self.config.data_subset).take(limit)
-        return validate_rows(rows, to_prompt_example)
+        c = self.config
+        rows = load_rows(spec, split, c.data_subset).take(limit)
+        if c.prompt_column != "prompt":  # e.g. GSM8K's `question`
+            rows.rows = [{**r, "prompt": r.get(c.prompt_column)} for r in rows.rows]
+        examples = validate_rows(rows, to_prompt_example)
+        if c.system_prompt:
+            for example in examples:
+                if example.prompt[0]["role"] != "system":
+                    example.prompt.insert(0, {"role": "system", "content": c.system_prompt})
+        return examples
 
     # --- batch semantics ----------------------------------------------------------------
     @property
@@ -137,16 +165,17 @@ class OnlineRL:
         rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
         t2 = time.time()
 
-        flat = zero_std_groups(rewards, c.num_generations)  # [N / G] bool
+        # [N / G] bool; PPO may sample one completion per prompt: no groups then
+        flat = zero_std_groups(rewards, c.num_generations) if c.num_generations > 1 else None
         keep = list(range(len(rewards)))
-        if c.skip_zero_std_groups:
+        if c.skip_zero_std_groups and flat is not None:
             keep = [i for i in keep if not flat[i // c.num_generations]]
         if c.mask_truncated_completions:
             keep = [i for i in keep if rollout.finish_reasons[i] == "stop"]
         lengths = [len(ids) for ids in rollout.completion_ids]
         metrics = {
             **scored.metrics(),
-            "frac_reward_zero_std": float(flat.float().mean()),
+            **({"frac_reward_zero_std": float(flat.float().mean())} if flat is not None else {}),
             "completion_length": sum(lengths) / len(lengths),
             "frac_truncated": rollout.finish_reasons.count("length") / len(lengths),
             "trained_completions": len(keep),
@@ -154,13 +183,15 @@ class OnlineRL:
             "time/reward_s": round(t2 - t1, 3),
             "generated_tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
         }
-        advantages = self.estimate_advantages(rollout, rewards)
-        return RoundData(rollout, rewards, advantages, keep, metrics)
+        data = RoundData(rollout, rewards, None, keep, metrics)
+        data.advantages = self.estimate_advantages(data)
+        return data
 
-    def estimate_advantages(self, rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
-        """Sequence-level advantages [N] for the critic-free estimators."""
+    def estimate_advantages(self, data: RoundData) -> torch.Tensor:
+        """Sequence-level advantages [N] for the critic-free estimators (from data.rewards)."""
         c = self.config
         G = c.num_generations
+        rewards = data.rewards
         if c.advantage_estimator == "grpo":
             return group_advantages(rewards, G, scale=c.scale_rewards)
         if c.advantage_estimator == "rloo":
@@ -182,7 +213,9 @@ class OnlineRL:
         micro_all = [self.make_micro(data, rows)
                      for rows in split_micro(data.keep, c.per_device_batch_size)]
         self.score_old_and_ref(micro_all)
-        scoring_s = time.time() - t0
+        if c.mini_batches > 1:  # keep pi_old of the rollout, not of an updated policy
+            self.store_round_logprobs(data, micro_all)
+        scoring_s = time.time() - t0 + data.scoring_s
         for iteration in range(c.num_iterations):
             order = torch.randperm(len(data.keep), generator=generator).tolist()
             rows = [data.keep[i] for i in order] if c.mini_batches > 1 else data.keep
@@ -191,16 +224,42 @@ class OnlineRL:
                 mini = rows[m * size : (m + 1) * size]
                 if c.mini_batches == 1:
                     micro = micro_all  # same rows, precomputed old/ref log-probs
-                else:
-                    micro = [self.make_micro(data, r) for r in split_micro(mini, c.per_device_batch_size)]
-                    self.score_old_and_ref(micro)
+                else:  # regroup rows; their old/ref log-probs were scored before any update
+                    micro = [self.make_micro(data, r)
+                             for r in split_micro(mini, c.per_device_batch_size)]
                 tokens = sum(float(mb["completion_mask"].sum()) for mb in micro)
                 metrics = dict(data.metrics) if iteration == 0 and m == 0 else {}
                 metrics["time/scoring_s"] = round(scoring_s, 3)
                 yield StepBatch(micro, {"sequences": len(mini), "tokens": tokens}, metrics)
 
+    @staticmethod
+    def store_round_logprobs(data: RoundData, micro_batches: list[dict]) -> None:
+        """Copy per-row old/ref log-probs into round-level [N, C_max] tensors, so mini-batches
+        that regroup rows later still use the values scored before the round's first update."""
+        width = max(len(ids) for ids in data.rollout.completion_ids)
+        for key in ("old_logprobs", "ref_logprobs"):
+            if key in data.token_data or not all(key in mb for mb in micro_batches):
+                continue
+            table = torch.zeros(len(data.rollout.completion_ids), max(width, 1))
+            for mb in micro_batches:
+                values = mb[key].cpu()
+                table[mb["rows"], : values.shape[1]] = values
+            data.token_data[key] = table
+
     def make_micro(self, data: RoundData, rows: list[int]) -> dict[str, Any]:
-        r = data.rollout
+        batch = self.padded_rows(data.rollout, rows)
+        advantages = data.advantages[rows]
+        width = batch["completion_mask"].shape[1]  # this micro-batch's own padded C
+        if advantages.ndim == 2:  # per-token (PPO): trim to this micro-batch's width
+            advantages = advantages[:, :width]
+        batch["advantages"] = advantages
+        for key, values in data.token_data.items():  # [N, C_round] -> [B, C]
+            batch[key] = values[rows][:, :width]
+        batch["rows"] = rows
+        return batch
+
+    def padded_rows(self, r: Rollout, rows: list[int]) -> dict[str, Any]:
+        """``rows`` of the rollout in the one-forward-pass layout (Rollout.to_padded_tensors)."""
         sub = Rollout(
             prompt_ids=[r.prompt_ids[i] for i in rows],
             completion_ids=[r.completion_ids[i] for i in rows],
@@ -209,46 +268,42 @@ class OnlineRL:
             finish_reasons=[r.finish_reasons[i] for i in rows],
             prompt_index=[r.prompt_index[i] for i in rows],
         )
-        batch = dict(sub.to_padded_tensors(self.pad_id))
-        advantages = data.advantages[rows]
-        width = batch["completion_mask"].shape[1]
-        if advantages.ndim == 2:  # per-token (PPO): trim to this micro-batch's width
-            advantages = advantages[:, :width]
-        batch["advantages"] = advantages
-        batch["rows"] = rows
-        return batch
+        return dict(sub.to_padded_tensors(self.pad_id))
 
     @torch.no_grad()
     def score_old_and_ref(self, micro_batches: list[dict]) -> None:
         """pi_old log-probs (only needed when the round takes more than one optimiser step;
-        otherwise pi_old = pi_theta exactly and the ratio is 1) and pi_ref log-probs (beta > 0)."""
+        otherwise pi_old = pi_theta exactly and the ratio is 1) and pi_ref log-probs (when the
+        loss has a KL term). Log-probs that estimate_advantages already put in the micro-batch
+        (through ``token_data``) are kept."""
         need_old = self.steps_per_round > 1
+        need_ref = self.kl_loss_coef() > 0
         for mb in micro_batches:
-            if need_old:
+            if need_old and "old_logprobs" not in mb:
                 mb["old_logprobs"] = self.logprobs(self.wrapped, mb)[0]
-            if self.config.beta > 0:
+            if need_ref and "ref_logprobs" not in mb:
                 mb["ref_logprobs"] = self.reference_logprobs(mb)
 
-    def logprobs(self, scorer, mb: dict, return_entropy: bool = False):
+    def logprobs(self, scorer, mb: dict, return_entropy: bool = False, **kwargs: Any):
         P = mb["prompt_length"]
         return scorer(
             mb["input_ids"].to(self.device), mb["input_ids"][:, P:].to(self.device),
             attention_mask=mb["attention_mask"].to(self.device),
             position_ids=mb["position_ids"].to(self.device),
-            temperature=self.config.temperature, return_entropy=return_entropy,
+            temperature=self.config.temperature, return_entropy=return_entropy, **kwargs,
         )  # [B, C]
 
     def reference_logprobs(self, mb: dict) -> torch.Tensor:
         if self.reference is not None:
             return self.logprobs(self.reference, mb)[0]
-        with self.model.disable_adapter():  # LoRA: the base model is the reference
+        with self.policy.disable_adapter():  # LoRA: the base model is the reference
             return self.logprobs(self.wrapped, mb)[0]
 
     # --- the loss ----------------------------------------------------------------------
     def loss(self, wrapped, mb: dict, step_batch: StepBatch):
         c = self.config
         mask = mb["completion_mask"].to(self.device)  # [B, C]
-        logprobs, entropy = self.logprobs(wrapped, mb, return_entropy=c.log_entropy)
+        logprobs, entropy, *extras = self.training_forward(wrapped, mb, c.log_entropy)
         old = mb["old_logprobs"] if "old_logprobs" in mb else logprobs.detach()
         advantages = mb["advantages"].to(self.device)
         if advantages.ndim == 1:
@@ -259,9 +314,10 @@ class OnlineRL:
             "clip_ratio/low": float(masked_mean(clipped_low.float(), mask)),
             "clip_ratio/high": float(masked_mean(clipped_high.float(), mask)),
         }
-        if c.beta > 0:
+        kl_coef = self.kl_loss_coef()
+        if kl_coef > 0:
             kl = kl_estimate(logprobs, mb["ref_logprobs"], c.kl_estimator)  # [B, C]
-            per_token = per_token + c.beta * kl
+            per_token = per_token + kl_coef * kl
             metrics["kl"] = float(masked_mean(kl.detach(), mask))
         if entropy is not None:
             metrics["entropy"] = float(masked_mean(entropy, mask))
@@ -272,10 +328,17 @@ class OnlineRL:
             max_completion_length=c.max_new_tokens,
             num_micro_batches=len(step_batch.micro_batches),
         )
-        extra, extra_metrics = self.extra_loss(mb, step_batch)
+        extra, extra_metrics = self.extra_loss(mb, step_batch, logprobs, *extras)
         return loss + extra, {**metrics, **extra_metrics}
 
-    def extra_loss(self, mb: dict, step_batch: StepBatch) -> tuple[Any, dict[str, float]]:
+    def training_forward(self, wrapped, mb: dict, return_entropy: bool) -> tuple:
+        """The loss's one forward pass through the wrapped (DDP-visible) module:
+        (logprobs [B, C], entropy [B, C] | None, *extras); extras go to ``extra_loss``."""
+        return self.logprobs(wrapped, mb, return_entropy=return_entropy)
+
+    def extra_loss(
+        self, mb: dict, step_batch: StepBatch, logprobs: torch.Tensor, *extras: Any
+    ) -> tuple[Any, dict[str, float]]:
         """Additional loss terms (PPO's value loss); none for critic-free estimators."""
         return 0.0, {}
 

@@ -22,6 +22,10 @@ from posttrain.errors import ConfigError
 
 @dataclass
 class OnlineRLConfig(TrainConfig):
+    # Completions per prompt that the estimator needs (group baselines: 2; PPO's critic: 1).
+    # A plain class attribute (no annotation), not a config key.
+    min_generations = 2
+
     # --- data and rewards ------------------------------------------------------------
     rewards: list[Any] = option(
         ["math"],
@@ -30,6 +34,12 @@ class OnlineRLConfig(TrainConfig):
         "{name: ..., weight: ..., <options>}.",
     )
     reward_weights: list[float] | None = option(None, "One weight per reward (default 1 each).")
+    prompt_column: str = option(
+        "prompt", "Column holding the prompt (e.g. `question` for GSM8K); text or messages."
+    )
+    system_prompt: str | None = option(
+        None, "A system message put before every prompt (e.g. 'answer in \\boxed{}')."
+    )
     eval_max_samples: int | None = option(None, "Use only the first N eval prompts.")
     eval_batch_size: int = option(32, "Prompts per greedy generation call during evaluation.")
     # --- sampling ----------------------------------------------------------------------
@@ -95,10 +105,12 @@ class OnlineRLConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_generations < 2:
+        if self.num_generations < self.min_generations:
             raise ConfigError(
                 f"num_generations={self.num_generations}: group baselines need at least 2 "
                 "completions per prompt."
+                if self.min_generations >= 2 else
+                f"num_generations={self.num_generations}: must be >= {self.min_generations}."
             )
         if self.gradient_accumulation_steps != 1:
             raise ConfigError(

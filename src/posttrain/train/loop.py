@@ -126,6 +126,8 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     last_metrics: dict[str, float] = {}
     nonfinite_in_a_row = 0
     step = start_step
+    if config.eval_on_start and start_step == 0:
+        logger.log(0, _evaluate(algorithm, wrapped))
     algorithm.model.train()
     batches = algorithm.step_batches(start_step)
     try:
@@ -178,10 +180,10 @@ def train(algorithm: Algorithm) -> dict[str, float]:
             else:
                 logger.advance_to(step)
             if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
-                logger.log(step, _prefixed(algorithm.evaluate(wrapped), "eval/"))
+                logger.log(step, _evaluate(algorithm, wrapped))
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 _checkpoint(accelerator, algorithm, optimizer, scheduler, step)
-        final_eval = _prefixed(algorithm.evaluate(wrapped), "eval/")
+        final_eval = _evaluate(algorithm, wrapped)
         if final_eval:
             logger.log(step, final_eval)
             last_metrics.update(final_eval)
@@ -231,8 +233,15 @@ def _clip(accelerator, model: nn.Module, max_norm: float) -> float:
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
-def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}{k}": v for k, v in (metrics or {}).items()}
+def _evaluate(algorithm: Algorithm, wrapped: nn.Module) -> dict[str, float]:
+    """The algorithm's eval metrics under ``eval/``, with the seconds it took (so learning
+    curves can be drawn against training time alone)."""
+    start = time.time()
+    metrics = algorithm.evaluate(wrapped)
+    if not metrics:
+        return {}
+    return {**{f"eval/{k}": v for k, v in metrics.items()},
+            "time/eval_s": round(time.time() - start, 3)}
 
 
 class _null:
