@@ -93,13 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--new-name", default="Posty", help="identity task: the name to look for")
 
+    sample = sub.add_parser(
+        "sample", help="rejection sampling: best-of-K completions per prompt -> SFT data")
+    sample.add_argument("--model", required=True, help="model folder, hub id or alias")
+    sample.add_argument("--data", required=True, help="prompt-only rows (+ columns for rewards)")
+    sample.add_argument("--output", required=True, help="jsonl of prompt/completion rows")
+    sample.add_argument("--k", type=int, default=8, help="samples per prompt (best of K)")
+    sample.add_argument("--rewards", nargs="+", default=["math"],
+                        help="reward specs: built-in names, module:function, file.py:function")
+    sample.add_argument("--threshold", type=float, default=None,
+                        help="drop prompts whose best reward is below this")
+    sample.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    sample.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call")
+    _sampling_args(sample, temperature=0.8)
+
     sub.add_parser("models", help="list built-in model aliases")
     return parser
 
 
-def _sampling_args(parser: argparse.ArgumentParser) -> None:
+def _sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.0) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--temperature", type=float, default=temperature,
+                        help=f"0 = greedy (default {temperature})")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -114,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "sample":
+            return _sample(args)
         if args.command == "score":
             return _score(args)
         if args.command == "eval":
@@ -260,6 +277,24 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"{min(start + args.batch_size, len(examples))}/{len(examples)} prompts",
                   file=sys.stderr)
     print(f"wrote {written} completions to {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from posttrain.curation.rejection import rejection_sample, write_rows
+    from posttrain.data.formats import to_prompt_example, validate_rows
+    from posttrain.data.loading import load_rows
+    from posttrain.rewards.loading import load_reward_set
+
+    rows = load_rows(args.data).take(args.limit)
+    examples = validate_rows(rows, to_prompt_example)
+    rewards = load_reward_set(args.rewards)
+    tokenizer, generator = _load_for_generation(args.model)
+    kept, stats = rejection_sample(generator, tokenizer, examples, rewards, _params(args, args.k),
+                                   args.threshold, args.batch_prompts)
+    write_rows(kept, args.output)
+    print(json.dumps(stats.summary()))
+    print(f"wrote {len(kept)} rows to {args.output}")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Curating training data from the model's own samples (rejection sampling)."""
