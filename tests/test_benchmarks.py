@@ -1,0 +1,104 @@
+"""Smoke tests of the RL benchmarks: each one's child entry point (``worker``) runs in-process on
+``random:tiny`` for a round or two with tiny lengths, and its printed table has the expected
+columns. Numbers are not checked: on random weights they only show that the plumbing works."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = {"model": "random:tiny", "prompts_per_step": 2, "num_generations": 2,
+        "max_new_tokens": 4, "threads": 1}
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def grpo_bench():
+    return load_benchmark("grpo")
+
+
+@pytest.fixture(scope="module")
+def compare_bench():
+    return load_benchmark("rl_compare")
+
+
+def header_columns(text: str, first_column: str) -> list[str]:
+    line = next(x for x in text.splitlines() if x.startswith(first_column))
+    return [c.strip() for c in line.split(" | ")]
+
+
+def test_grpo_benchmark_child_and_table(grpo_bench, capsys):
+    from posttrain.train import loop
+
+    checkpoint = loop._checkpoint
+    result = grpo_bench.worker({**TINY, "steps": 1, "micro_batch": 0, "lora": False})
+    assert loop._checkpoint is checkpoint  # the benchmark's no-checkpoint patch is undone
+    assert result["timed_steps"] == 1 and result["completions"] == 4
+    assert result["step_s"] > 0 and result["peak_mb"] > 0
+    grpo_bench.print_report([result])
+    out = capsys.readouterr().out
+    assert header_columns(out, "model") == [
+        "model", "lora", "compl x max tok", "compl/s", "gen tok/s", "s/step",
+        "gen/rew/score/train/other s", "split %", "mean len", "trunc %", "peak MB"]
+    assert "random:tiny" in out and "rarely sample EOS" in out
+
+
+def test_rl_compare_children_and_table(compare_bench, capsys):
+    spec = {**TINY, "seed": 0, "rounds": 1, "minutes": None, "eval_samples": 2,
+            "eval_every": 1, "set": []}
+    results, configs = [], {}
+    for name in ("grpo", "rloo", "ppo"):
+        configs[name] = compare_bench.build_config(name, spec, "unused")
+        result = compare_bench.worker({**spec, "algorithm": name})
+        assert result["rounds"] == 1
+        assert result["steps"] == result["steps_per_round"] == (2 if name == "ppo" else 1)
+        assert [p[2] for p in result["points"]] == [0, result["steps"]]  # start and end evals
+        results.append(result)
+    assert configs["rloo"].advantage_estimator == "rloo"
+    compare_bench.print_report(results, configs, spec)
+    out = capsys.readouterr().out
+    assert header_columns(out, "algorithm") == [
+        "algorithm", "rounds", "steps", "train s", "eval acc start -> end", "best", "peak MB",
+        "s/step", "s/round"]
+    assert "mini_batches: grpo=1, rloo=1, ppo=2" in out
+    assert "accuracy vs training seconds" in out
+
+
+def test_rl_compare_wall_clock_budget_stops_at_a_round_boundary(compare_bench):
+    spec = {**TINY, "algorithm": "grpo", "seed": 0, "rounds": None, "minutes": 1e-5,
+            "eval_samples": 1, "eval_every": 100, "set": ["learning_rate=0.0"]}
+    result = compare_bench.worker(spec)
+    assert result["rounds"] == 1  # any round outlasts 0.6 ms: stop before the second rollout
+    assert [p[2] for p in result["points"]] == [0, 1]  # and the final eval still runs
+
+
+def test_grpo_benchmark_command_line_runs_a_child_process(grpo_bench, capsys):
+    code = grpo_bench.main(["--models", "random:tiny", "--steps", "1", "--prompts-per-step", "1",
+                            "--num-generations", "2", "--max-new-tokens", "4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert header_columns(out, "model")[:3] == ["model", "lora", "compl x max tok"]
+    assert "random:tiny | False | 2 x 4" in out
+
+
+def test_rl_compare_command_line_runs_a_child_process(compare_bench, capsys, tmp_path):
+    plot = tmp_path / "curve.png"
+    code = compare_bench.main(["--model", "random:tiny", "--algorithms", "ppo", "--steps", "1",
+                               "--eval-samples", "1", "--prompts-per-step", "1",
+                               "--num-generations", "2", "--max-new-tokens", "4",
+                               "--threads", "1", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split(" | ")[0].strip() for line in out.splitlines() if " | " in line]
+    assert rows == ["algorithm", "ppo"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 0
