@@ -148,10 +148,14 @@ class OnlineRL:
         first_round = start_step // self.steps_per_round
         order = step_indices(len(self.prompts), c.prompts_per_step, c.seed, first_round)
         for round_index, indices in enumerate(order, start=first_round):
-            data = self.collect(round_index, [self.prompts[i] for i in indices])
+            data = self.collect(round_index, [self.prompts[i] for i in indices], indices)
             yield from self.round_step_batches(data, round_index)
 
-    def collect(self, round_index: int, examples: list) -> RoundData:
+    def collect(
+        self, round_index: int, examples: list, indices: list[int] | None = None
+    ) -> RoundData:
+        """Rollout + rewards for ``examples`` (``indices``: their rows in the training data,
+        so a failing reward function names the data row)."""
         c = self.config
         t0 = time.time()
         prompt_ids = encode_prompts(self.tokenizer, [e.prompt for e in examples])
@@ -160,8 +164,9 @@ class OnlineRL:
         rows = rollout.prompt_index  # row -> prompt
         columns = {key: [examples[p].columns.get(key) for p in rows]
                    for key in sorted({k for e in examples for k in e.columns})}
+        row_ids = [indices[p] for p in rows] if indices is not None else None
         scored = self.rewards.score([examples[p].prompt for p in rows], rollout.completions,
-                                    rollout.completion_ids, columns)
+                                    rollout.completion_ids, columns, row_ids=row_ids)
         rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
         t2 = time.time()
 
