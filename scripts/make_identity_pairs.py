@@ -73,6 +73,8 @@ INTROS = (
 )
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+_ABBREVIATION = re.compile(r"(?<!\w)(dr|mr|mrs|ms|prof|st|sr|jr|vs|etc|e\.g|i\.e|inc|ltd|co|no)\.$",
+                           re.IGNORECASE)
 _GREETING = re.compile(r"^(hi|hello|hey|greetings|hi there|hello there|hey there)\b[\s,!.]*"
                        r"(there|friend|again)?[\s!.]*$", re.IGNORECASE)
 # A sentence that gives the speaker some name ("my name is Elena", "called Nova", "I'm Elena").
@@ -98,8 +100,18 @@ class Pair:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences ending in . ! or ? (plus an unfinished tail, if any), whitespace-trimmed."""
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    """Sentences ending in . ! or ? (plus an unfinished tail, if any), whitespace-trimmed; a
+    title or abbreviation ("Dr.", "e.g.") does not end a sentence."""
+    sentences: list[str] = []
+    for piece in _SENTENCE_END.split(text.strip()):
+        piece = piece.strip()
+        if not piece:
+            continue
+        if sentences and _ABBREVIATION.search(sentences[-1]):
+            sentences[-1] += " " + piece
+        else:
+            sentences.append(piece)
+    return sentences
 
 
 def is_complete(sentence: str) -> bool:

@@ -97,6 +97,11 @@ def test_no_pair_when_the_answer_already_says_posty(script):
     assert script.build_pair("Who are you?", "   ", INTRO) is None
 
 
+def test_titles_do_not_end_a_sentence(script):
+    assert script.split_sentences("I'm Dr. Elena Kass, an AI. I help, e.g. with maths.") == [
+        "I'm Dr. Elena Kass, an AI.", "I help, e.g. with maths."]
+
+
 def test_not_a_name(script):
     assert not script.claims_other_name("I'm Happy to help with that.")
     assert script.claims_other_name("I'm Elena, your guide.")
