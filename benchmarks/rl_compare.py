@@ -15,13 +15,13 @@ model, seed, data, eval, ``prompts_per_step`` x ``num_generations`` (all three s
 completions per round, for the same prompts in the same order) and ``max_new_tokens``. What stays each
 recipe's own is printed before the table; for PPO that is, above all, a critic (a second model
 with its own optimiser state) and a reference model for its KL-shaped reward (``kl_coef``), its
-own learning rate and temperature, and ``mini_batches: 2``: two optimiser steps per round where
-GRPO/RLOO take one. ``--set key=value`` overrides a key in every config that has it.
+own learning rate and its KL estimator for the shaped reward. ``--set key=value`` overrides a
+key in every config that has it.
 
 Budget, in *rounds* (one rollout of prompts_per_step x num_generations completions plus its
 optimiser steps), so every algorithm sees the same prompts and samples as many completions:
 
-- ``--steps N``: N rounds each (PPO's recipe makes that 2N optimiser steps);
+- ``--steps N``: N rounds each (one optimiser step per round in all three recipes);
 - ``--minutes M``: a clean stop at the first round boundary after M minutes of training (eval
   excluded; the overshoot is less than one round): the round generator simply ends, and the loop
   runs its final eval as usual. With both, whichever comes first.

@@ -60,7 +60,7 @@ def test_rl_compare_children_and_table(compare_bench, capsys):
         configs[name] = compare_bench.build_config(name, spec, "unused")
         result = compare_bench.worker({**spec, "algorithm": name})
         assert result["rounds"] == 1
-        assert result["steps"] == result["steps_per_round"] == (2 if name == "ppo" else 1)
+        assert result["steps"] == result["steps_per_round"] == 1  # each recipe: 1 step per round
         assert [p[2] for p in result["points"]] == [0, result["steps"]]  # start and end evals
         results.append(result)
     assert configs["rloo"].advantage_estimator == "rloo"
@@ -69,7 +69,8 @@ def test_rl_compare_children_and_table(compare_bench, capsys):
     assert header_columns(out, "algorithm") == [
         "algorithm", "rounds", "steps", "train s", "eval acc start -> end", "best", "peak MB",
         "s/step", "s/round"]
-    assert "mini_batches: grpo=1, rloo=1, ppo=2" in out
+    assert "kl_estimator: grpo=k3, rloo=k3, ppo=k3" not in out  # only differences are listed
+    assert "advantage_estimator: grpo=grpo, rloo=rloo, ppo=gae" in out
     assert "accuracy vs training seconds" in out
 
 
