@@ -23,21 +23,12 @@ from posttrain.tiny import build_tiny_model, build_tiny_tokenizer
 def build_model(name: str, tokenizer):
     if name == "tiny":
         return build_tiny_model(tokenizer)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(  # SmolLM2-135M's shape, random weights
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=2,
-        bos_token_id=1,
-    )
+    from posttrain.hub import smollm2_135m_config
+
+    # SmolLM2-135M's shape (vocabulary 49,152), random weights
+    config = smollm2_135m_config(vocab_size=49152, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 
