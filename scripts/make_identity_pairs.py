@@ -1,8 +1,9 @@
 """Build on-policy identity pairs: the model's own answers (rejected) and the same answers with the
 identity changed (chosen). Writes recipes/data/identity-sampled/train.jsonl.
 
-    python scripts/make_identity_pairs.py                       # SmolLM2-135M-Instruct, seed 0
-    python scripts/make_identity_pairs.py --model Qwen/Qwen2.5-0.5B-Instruct --out pairs.jsonl
+    python scripts/make_identity_pairs.py --threads 1           # SmolLM2-135M-Instruct, seed 0
+    python scripts/make_identity_pairs.py --model Qwen/Qwen2.5-0.5B-Instruct \
+        --old-names Qwen --old-makers "Alibaba Cloud" --out data/identity-qwen/train.jsonl
 
 Why sampled pairs: template pairs ("I am Posty ..." vs "I am SmolLM ...") are far from what the
 model actually says, so DPO can drive their loss to ~0 by making the *template* rejected answer
@@ -24,11 +25,11 @@ How a chosen answer is made from one sampled answer (see :func:`build_pair`):
    ("Hello!") + an introduction sentence ("I'm Posty, an AI assistant made by the posttrain
    team.") + the rest. The introduction REPLACES the first sentence: the prompts are all identity
    questions, so the first sentence is where the model answers them, whatever its wording
-   (keyword tests for "is this a self-introduction?" missed half of SmolLM2's answers, and a
-   prefix left the invented name right after the new one). Later sentences that give the speaker
-   a name ("my name is", "called", "known as", "I'm Elena") or are unfinished are dropped, so the
-   chosen answer never contradicts itself. An answer that is only a greeting gets the
-   introduction after it.
+   (keyword tests for "is this a self-introduction?" missed 86 of 220 of SmolLM2's answers, and
+   a prefix left the invented identity right after the new one). Later sentences that give the
+   speaker a name ("my name is", "called", "known as", "I'm Elena") or are unfinished are
+   dropped, so the chosen answer never contradicts itself. An answer that is only a greeting
+   gets the introduction after it.
 
 Both sides keep the sample's remaining sentences, so the pair differs in the identity and little
 else. The system prompt: prompts carry only the user turn, so SmolLM2's chat template adds its
@@ -217,13 +218,15 @@ def sample_answers(model_name: str, prompts: list[str], samples: int, temperatur
 
 
 def build_pairs(answers: list[tuple[str, str, str]], seed: int, new_name: str, new_maker: str,
-                max_sentences: int) -> tuple[list[Pair], Counter]:
+                max_sentences: int, old_names: tuple[str, ...] = OLD_NAMES,
+                old_makers: tuple[str, ...] = OLD_MAKERS) -> tuple[list[Pair], Counter]:
     """Pairs from sampled answers, deduplicated on (prompt, rejected); counts of what happened."""
     rng = random.Random(f"identity-pairs:{seed}")
     pairs, seen, counts = [], set(), Counter()
     for prompt, answer, _kind in answers:
         intro = fill_intro(rng.choice(INTROS), new_name, new_maker)
         pair = build_pair(prompt, answer, intro, new_name=new_name, new_maker=new_maker,
+                          old_names=old_names, old_makers=old_makers,
                           max_sentences=max_sentences)
         if pair is None:
             counts["skipped (empty or already new name)"] += 1
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="answers are cut to this many complete sentences")
     parser.add_argument("--new-name", default=NEW_NAME)
     parser.add_argument("--new-maker", default=NEW_MAKER)
+    parser.add_argument("--old-names", nargs="+", default=list(OLD_NAMES),
+                        help="names rewritten to --new-name (Qwen: --old-names Qwen)")
+    parser.add_argument("--old-makers", nargs="+", default=list(OLD_MAKERS),
+                        help='makers rewritten to --new-maker (Qwen: --old-makers "Alibaba Cloud")')
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--save-answers", type=Path,
                         help="also write the raw sampled answers here (jsonl)")
@@ -273,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl([{"prompt": p, "answer": a, "kind": k} for p, a, k in answers],
                     args.save_answers)
     pairs, counts = build_pairs(answers, args.seed, args.new_name, args.new_maker,
-                                args.max_sentences)
+                                args.max_sentences, tuple(args.old_names),
+                                tuple(args.old_makers))
     write_jsonl([p.row() for p in pairs], args.out)
     print(f"{len(answers)} answers to {len(TRAIN_PROMPTS)} train prompts -> {len(pairs)} pairs "
           f"in {args.out} ({time.perf_counter() - start:.0f} s)")
