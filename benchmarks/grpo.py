@@ -29,12 +29,13 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from common import peak_memory_mb, run_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "grpo_arithmetic.yaml"
@@ -45,23 +46,6 @@ RANDOM_NOTE = (
     "max_new_tokens: a trained model stops earlier, and its per-step cost follows its own "
     "lengths."
 )
-
-
-def peak_memory_mb() -> float:
-    """Peak memory of this process in MiB: torch's peak allocation on CUDA; on Linux CPUs the
-    resident-set high-water mark ``VmHWM`` from /proc/self/status (the true peak of this
-    process; ``ru_maxrss`` survives exec, so a child forked from a large parent starts with
-    the parent's peak); elsewhere ``common.peak_memory_mb`` (``ru_maxrss``)."""
-    import torch
-
-    from common import peak_memory_mb as fallback
-
-    if not torch.cuda.is_available():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    return fallback()
 
 
 @contextlib.contextmanager
@@ -197,21 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results, failed = [], 0
-    for model in args.models:
-        spec = {"model": model, "steps": args.steps, "prompts_per_step": args.prompts_per_step,
-                "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
-                "micro_batch": args.micro_batch, "threads": args.threads, "dtype": args.dtype,
-                "lora": args.lora}
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                              capture_output=True, text=True, env=env)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            print(f"{model}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            failed += 1
-            continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
-        print(f"done: {model}", file=sys.stderr, flush=True)
+    specs = [(model, {"model": model, "steps": args.steps,
+                      "prompts_per_step": args.prompts_per_step,
+                      "num_generations": args.num_generations,
+                      "max_new_tokens": args.max_new_tokens, "micro_batch": args.micro_batch,
+                      "threads": args.threads, "dtype": args.dtype, "lora": args.lora})
+             for model in args.models]
+    results, failed = run_workers(__file__, specs, env)
     sys.stderr.flush()
     print_report(results)
     return 1 if failed else 0

@@ -45,7 +45,6 @@ import importlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +52,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from grpo import RANDOM_NOTE, no_checkpoints, peak_memory_mb, read_metrics  # noqa: E402
+from grpo import RANDOM_NOTE, no_checkpoints, read_metrics  # noqa: E402
+
+from common import peak_memory_mb, run_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "data" / "arithmetic"
@@ -298,20 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                      "configs (`posttrain grpo --help-config` lists them)")
     configs = {name: build_config(name, spec, "unused") for name in args.algorithms}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results, failed = [], 0
-    for name in args.algorithms:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps({**spec, "algorithm": name})],
-            capture_output=True, text=True, env=env)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            failed += 1
-            continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
-        print(f"done: {name} ({time.perf_counter() - start:.0f} s with loading and eval)",
-              file=sys.stderr, flush=True)
+    results, failed = run_workers(
+        __file__, [(name, {**spec, "algorithm": name}) for name in args.algorithms], env)
     print_report(results, configs, spec)
     if args.plot and results:
         plot(results, args.plot, f"{args.model}: arithmetic, math reward")
