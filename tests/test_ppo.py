@@ -99,11 +99,17 @@ def test_kl_shaping_lands_on_the_right_tokens(prompts_file, tmp_path, tiny_token
     assert algorithm.config.kl_estimator == ("k1" if penalty == "reward" else "k3")
     data, (step,) = first_round(algorithm)
     mask = completion_mask(data)  # [N, C]
-    old, returns = data.token_data["old_logprobs"], data.token_data["returns"]
-    ref = torch.zeros_like(old)
+    # one step per round: pi_old is the sampler's own log-probs, not re-scored nor stored
+    assert algorithm.sampler_is_policy() and "old_logprobs" not in data.token_data
+    returns = data.token_data["returns"]
+    old, ref = torch.zeros_like(returns), torch.zeros_like(returns)
     for i in range(len(mask)):  # each row alone: its own padding, so alignment is checked too
         n = int(mask[i].sum())
-        ref[i, :n] = algorithm.reference_logprobs(algorithm.padded_rows(data.rollout, [i]))[0]
+        row = algorithm.padded_rows(data.rollout, [i])
+        old[i, :n] = row["sampler_logprobs"][0]
+        fresh = algorithm.logprobs(algorithm.wrapped, row)[0][0]  # pi_theta = pi_old, [n]
+        torch.testing.assert_close(fresh.detach(), old[i, :n], atol=1e-4, rtol=0)
+        ref[i, :n] = algorithm.reference_logprobs(row)[0]
     kl = (old - ref) * mask  # k1 per token
     assert kl.abs().sum() > 0
     # gamma = lam = 1: returns_t = sum_{s >= t} r_s with r_s = -0.5 kl_s + [s last] * 1.0
@@ -290,3 +296,21 @@ def test_cli_ppo_one_step(prompts_file, tmp_path):
     assert (tmp_path / "cli" / "value_model" / "model.safetensors").is_file()
     last = json.loads((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "eval/rewards/math/mean" in last
+
+
+def test_fresh_critic_starts_at_zero_and_first_advantages_are_the_returns(prompts_file,
+                                                                          tmp_path):
+    """value_model=None: the new head is zero, so V = 0 and (gamma = lam = 1, no KL, no
+    whitening) every token's advantage is its completion's score; the critic then moves."""
+    algorithm = make(prompts_file, tmp_path, kl_coef=0.0, gamma=1.0, lam=1.0,
+                     whiten_advantages=False, ppo_epochs=1, value_learning_rate=1e-3)
+    data, (step,) = first_round(algorithm)
+    mask = completion_mask(data)  # [N, C]
+    assert torch.count_nonzero(data.token_data["old_values"]) == 0
+    torch.testing.assert_close(data.advantages, data.rewards[:, None] * mask)
+    torch.testing.assert_close(data.token_data["returns"], data.rewards[:, None] * mask)
+    for mb in step.micro_batches:
+        loss, _ = algorithm.loss(algorithm.wrapped, mb, step)
+        loss.backward()
+    head_grad = algorithm.critic.score.weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0

@@ -232,16 +232,30 @@ class PPO(OnlineRL):
         old, values = torch.zeros(N, C), torch.zeros(N, C)
         ref = torch.zeros(N, C) if self.needs_reference() else None
         mask = torch.zeros(N, C)
+        from_sampler = self.sampler_is_policy()
         for rows in split_micro(list(range(N)), self.config.per_device_batch_size):
             mb = self.padded_rows(data.rollout, rows)
             width = mb["completion_mask"].shape[1]
-            logprobs, _, value = self.logprobs(self.wrapped, mb, parts="both")  # [B, width]
             index = torch.tensor(rows)
+            if from_sampler:  # the sampler's log-probs are pi_old's: skip a policy forward
+                logprobs = mb["sampler_logprobs"]
+                value = self.logprobs(self.wrapped, mb, parts="critic")  # [B, width]
+            else:
+                logprobs, _, value = self.logprobs(self.wrapped, mb, parts="both")  # [B, width]
             old[index, :width], values[index, :width] = logprobs.float().cpu(), value.cpu()
             mask[index, :width] = mb["completion_mask"]
             if ref is not None:
                 ref[index, :width] = self.reference_logprobs(mb).float().cpu()
         return old, ref, values, mask
+
+    def sampler_is_policy(self) -> bool:
+        """True when the rollout's own log-probs are pi_old's: one optimiser step per round
+        (the policy has not moved since it sampled) and no top-k / top-p truncation (the
+        sampler's processed distribution is then the policy's at the same temperature; the HF
+        backend matches a fresh forward to 1e-4, tests/test_rollout.py). Saves one policy
+        forward pass over the round; the step's ratio is then exactly 1 (old = logprobs.detach())."""
+        c = self.config
+        return self.steps_per_round == 1 and c.top_k == 0 and c.top_p == 1.0
 
     def estimate_advantages(self, data: RoundData) -> torch.Tensor:
         """GAE advantages [N, C] on KL-shaped token rewards; fills data.token_data."""
@@ -266,7 +280,9 @@ class PPO(OnlineRL):
         if c.whiten_advantages and train_mask.sum() > 1:
             advantages = masked_whiten(advantages, train_mask)
 
-        data.token_data.update(old_logprobs=old, old_values=values, returns=returns)
+        data.token_data.update(old_values=values, returns=returns)
+        if not self.sampler_is_policy():  # else the loss's ratio is logprobs / logprobs.detach()
+            data.token_data["old_logprobs"] = old
         if ref is not None and c.kl_penalty == "loss":
             data.token_data["ref_logprobs"] = ref
         metrics = {
@@ -302,7 +318,8 @@ class PPO(OnlineRL):
         share = aggregate_token_loss(per_token, mask, "dapo",
                                      total_tokens=step_batch.totals["tokens"])
         with torch.no_grad():
-            log_ratio = logprobs.detach() - mb["old_logprobs"].to(self.device)  # [B, C]
+            old = mb["old_logprobs"].to(self.device) if "old_logprobs" in mb else logprobs
+            log_ratio = logprobs.detach() - old  # [B, C]
             approx_kl = 0.5 * log_ratio**2  # k2 estimate of KL(pi_old || pi)
             self._approx_kl += torch.stack([masked_sum(approx_kl, mask), mask.sum()]).cpu()
         metrics = {

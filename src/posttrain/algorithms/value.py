@@ -55,6 +55,8 @@ def load_value_model(config: TrainConfig, tokenizer: Any) -> nn.Module:
             model = load_reward_model(dataclasses.replace(config, model=name), tokenizer)
     except PosttrainError as err:
         raise PosttrainError(f"value model {name!r}: {err}") from None
+    if getattr(config, "value_model", None) is None:
+        zero_value_head(model)
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
         raise ConfigError(
@@ -63,6 +65,20 @@ def load_value_model(config: TrainConfig, tokenizer: Any) -> nn.Module:
             "come from a model with the same tokenizer (e.g. a reward model trained from it)."
         )
     return model
+
+
+def zero_value_head(model: nn.Module) -> None:
+    """Start a fresh critic at V = 0 everywhere. A randomly initialised head on hidden states
+    of norm ~O(10) predicts values of size ~0.5 that differ from token to token; GAE turns those
+    differences into per-token advantages of pure noise, which the first rounds then train on
+    (seen on SmolLM2: explained variance -4 to -12 and a falling accuracy, docs/rl.md). With a
+    zero head the first round's advantages are the returns themselves (REINFORCE without a
+    baseline), and the critic moves off zero as it learns; the backbone gets gradients from the
+    second step on."""
+    _, head = classification_parts(model)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.zero_()
 
 
 def _load_adapter_critic(config: TrainConfig, tokenizer: Any, folder: Path, adapter: Path):
