@@ -196,3 +196,16 @@ def test_cli_reward_and_score(tmp_path, capsys):
                                                                       "completion": "b"}])
     assert main(["score", "--model", str(out), "--data", str(mixed)]) == 2
     assert "mixes preference rows" in capsys.readouterr().err
+
+
+def test_console_line_shows_eval_metrics(tmp_path, capsys):
+    """An eval row prints the eval/ versions of the algorithm's console keys (it printed
+    `step 29: ` with nothing after it before)."""
+    from posttrain.train.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=2, report_to=[], run_name="t", config={},
+                           show_progress=False, console_keys=("loss", "accuracy"))
+    logger.log(2, {"eval/loss": 0.25, "eval/accuracy": 0.75, "eval/margin": 1.0})
+    out = capsys.readouterr().err  # rich console on stderr
+    assert "eval/loss=0.2500" in out and "eval/accuracy=0.7500" in out
+    assert "margin" not in out

@@ -101,7 +101,8 @@ class MetricsLogger:
                 self.tensorboard.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
-        shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in self.console_keys if k in metrics)
+        keys = [*self.console_keys, *(f"eval/{k}" for k in self.console_keys)]  # + eval rows
+        shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in dict.fromkeys(keys) if k in metrics)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=shown)
         else:
