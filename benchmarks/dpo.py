@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for r in results:
         print(f"{r['model']:<32} {r['mode']:<12} {r['lora']!s:<5} {r['device']:<6} "
-              f"{r['tokens_per_pair']:>8.0f} {r['setup_s']:>8.2f} {r['pairs_per_s']:>8.1f} "
+              f"{r['tokens_per_pair']:>8.0f} {r['setup_s']:>8.2f} {r['pairs_per_s']:>8.3g} "
               f"{r['setup_peak_mb']:>14.0f} {r['train_peak_mb']:>14.0f}")
     return 0
 
