@@ -25,6 +25,8 @@ def pair_features(model, tokenizer, path: Path, max_length: int, batch_size: int
     the summed response log-probs [N] of each."""
     from posttrain.algorithms.pairs import collate_pairs, load_pairs
     from posttrain.algorithms.reward import last_token_index
+    from posttrain.data.tokenize import IGNORE_INDEX
+    from posttrain.ops.logprobs import selective_log_softmax
 
     pairs = load_pairs(tokenizer, str(path), "train", None, None, max_length)
     chosen, rejected, logp_chosen, logp_rejected = [], [], [], []
@@ -37,8 +39,8 @@ def pair_features(model, tokenizer, path: Path, max_length: int, batch_size: int
         last = last_token_index(batch["attention_mask"])  # [2B]
         hidden = torch.stack(out.hidden_states)[:, rows, last].transpose(0, 1)  # [2B, L+1, H]
         targets = batch["input_ids"][:, 1:]
-        logps = out.logits[:, :-1].log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-        response = (batch["labels"][:, 1:] != -100).float()  # [2B, T-1]
+        logps = selective_log_softmax(out.logits[:, :-1], targets)  # [2B, T-1]
+        response = (batch["labels"][:, 1:] != IGNORE_INDEX).float()  # [2B, T-1]
         sums = (logps * response).sum(1)  # [2B]
         n = len(rows) // 2
         chosen.append(hidden[:n]), rejected.append(hidden[n:])

@@ -45,7 +45,8 @@ def load_value_model(config: TrainConfig, tokenizer: Any) -> nn.Module:
     ``posttrain reward``: full weights or a LoRA adapter) or, when that is None, from the policy's
     own weights ``config.model`` with a fresh, seeded ``score`` head. Under ``use_lora`` the
     critic trains its own adapter (and its full head); otherwise all its weights."""
-    name = getattr(config, "value_model", None) or config.model
+    fresh_head = not getattr(config, "value_model", None)  # the policy's weights + a new head
+    name = config.model if fresh_head else config.value_model
     folder = resolve_model(name)
     adapter = Path(folder) / "adapter_config.json"
     try:
@@ -55,7 +56,7 @@ def load_value_model(config: TrainConfig, tokenizer: Any) -> nn.Module:
             model = load_reward_model(dataclasses.replace(config, model=name), tokenizer)
     except PosttrainError as err:
         raise PosttrainError(f"value model {name!r}: {err}") from None
-    if getattr(config, "value_model", None) is None:
+    if fresh_head:
         zero_value_head(model)
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
