@@ -50,7 +50,7 @@ def test_every_task_is_deterministic_and_its_splits_are_disjoint(name):
     assert train0 and test
     test_keys = {prompt_key(row) for row in test}
     assert not test_keys & {prompt_key(row) for row in train0 + train1}
-    if name not in ("identity", "preference"):  # those repeat a prompt with different answers
+    if name not in ("identity", "preference", "preference-near-miss"):  # those repeat a prompt with different answers
         assert len({prompt_key(row) for row in train0}) == len(train0)
         assert len(test_keys) == len(test)
 
@@ -151,8 +151,13 @@ def test_identity_rate():
         identity_rate([], "Posty")
 
 
-def test_preference_pairs():
-    task = get_task("preference")
+def rejected_value(row: dict) -> int:
+    return int(re.search(r"\\boxed\{(\d+)\}", row["rejected"][0]["content"]).group(1))
+
+
+@pytest.mark.parametrize("name", ["preference", "preference-near-miss"])
+def test_preference_pairs(name):
+    task = get_task(name)
     train, test = task.train(), task.test()
     for split, rows in (("train", train), ("test", test)):
         assert {r["kind"] for r in rows} == {"arithmetic", "helpfulness"}
@@ -167,6 +172,42 @@ def test_preference_pairs():
                 assert arithmetic.in_test_part(a, op, b) == (split == "test")
             else:
                 assert row["rejected"][0]["content"] in preference.EVASIVE
+
+
+def test_near_miss_pairs_are_off_by_a_little():
+    for row in get_task("preference-near-miss").test():
+        if row["kind"] == "arithmetic":
+            assert 0 < abs(rejected_value(row) - arithmetic.solve(*parse(row))) <= 10
+
+
+def test_gross_mistakes_are_the_four_documented_slips():
+    import random
+
+    def slips(a: int, op: str, b: int) -> set[int]:
+        right = arithmetic.solve(a, op, b)
+        other_ops = {arithmetic.solve(a, o, b) for o in "+-*" if o != op}
+        digit = {right // 10} if right >= 10 else {right * 10 + d for d in range(1, 10)}
+        return other_ops | digit | {int(str(right)[::-1]), a, b}
+
+    rng = random.Random(0)
+    for a, op, b in [(85, "+", 64), (7, "*", 8), (30, "-", 3), (5, "+", 0), (11, "*", 1)]:
+        right = arithmetic.solve(a, op, b)
+        for _ in range(50):
+            value = preference.gross_result(a, op, b, rng)
+            assert value != right and value >= 0 and value in slips(a, op, b)
+    kinds = Counter()
+    for row in get_task("preference").train():
+        if row["kind"] == "arithmetic":
+            a, op, b = parse(row)
+            value = rejected_value(row)
+            kinds["operation"] += value in {arithmetic.solve(a, o, b) for o in "+-*" if o != op}
+            kinds["operand"] += value in (a, b)
+    assert kinds["operation"] > 50 and kinds["operand"] > 50  # the mix really is mixed
+
+
+def test_preference_task_rejects_unknown_mistakes():
+    with pytest.raises(ConfigError, match="near_miss"):
+        get_task("preference", mistakes="typo")
 
 
 def test_coding_problems_are_sound():

@@ -250,3 +250,40 @@ def bradley_terry_loss(
     if center_rewards_coefficient:
         losses = losses + center_rewards_coefficient * (chosen_scores + rejected_scores) ** 2
     return losses
+
+
+def fit_bradley_terry_head(
+    chosen_features: torch.Tensor, rejected_features: torch.Tensor, l2: float = 1e-3
+) -> torch.Tensor:
+    """Maximum-likelihood linear score head w on fixed features ([N, H], [N, H] -> [H]).
+
+        w = argmin_w  mean_i softplus(-(h_c,i - h_r,i) . w) + l2 * |w * s|^2
+
+    i.e. the Bradley-Terry loss above with r(x, y) = w . h(x, y): logistic regression on the
+    feature differences, with no intercept because BT is blind to a shift. Features are
+    standardised by their standard deviation s over both sides before fitting (then w is mapped
+    back), so ``l2`` means the same for every model width. This is the "LP" of LP-FT (Kumar et
+    al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-
+    Distribution"): fine-tuning from a random head first drags the backbone towards that random
+    direction; fitting the head on frozen features first avoids it. L-BFGS, float32.
+    """
+    if chosen_features.shape != rejected_features.shape or chosen_features.dim() != 2:
+        raise ValueError(
+            "fit_bradley_terry_head: chosen_features and rejected_features must both be "
+            f"[N, H], got {tuple(chosen_features.shape)} and {tuple(rejected_features.shape)}."
+        )
+    both = torch.cat([chosen_features, rejected_features]).float()  # [2N, H]
+    scale = both.std(0) + 1e-6  # [H]
+    diffs = (chosen_features.float() - rejected_features.float()) / scale  # [N, H]
+    weights = torch.zeros(diffs.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.softplus(-(diffs @ weights)).mean() + l2 * (weights * weights).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weights.detach() / scale

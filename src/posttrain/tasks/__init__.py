@@ -24,6 +24,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic-sft": arithmetic.sft_task,
     "identity": identity.task,
     "preference": preference.task,
+    "preference-near-miss": preference.near_miss_task,
     "coding": coding.task,
 }
 

@@ -2,14 +2,24 @@
 
 Row schema (task ``preference``)::
 
-    {"prompt": [{"role": "user", "content": "What is 47 + 38? Put the final answer in \\boxed{}."}],
-     "chosen": [{"role": "assistant", "content": "47 + 38 = 85. The answer is \\boxed{85}."}],
-     "rejected": [{"role": "assistant", "content": "47 + 38 = 84. The answer is \\boxed{84}."}],
+    {"prompt": [{"role": "user", "content": "What is 85 + 64? Put the final answer in \\boxed{}."}],
+     "chosen": [{"role": "assistant", "content": "85 + 64 = 149. The answer is \\boxed{149}."}],
+     "rejected": [{"role": "assistant", "content": "85 + 64 = 14. The answer is \\boxed{14}."}],
      "kind": "arithmetic"}
 
-``kind`` is ``"arithmetic"`` (same wording, wrong number: the reward model has to check the
-sum, not the style) or ``"helpfulness"`` (a short helpful answer against a refusal such as
+``kind`` is ``"arithmetic"`` (same wording, wrong number: the reward model has to look at the
+number, not the style) or ``"helpfulness"`` (a short helpful answer against a refusal such as
 "I can't help with that."), so accuracy can be reported per kind.
+
+Two kinds of wrong number (``mistakes=``):
+
+- ``"gross"`` (the default, task ``preference``): the slips a small policy actually makes and a
+  reward model must catch in RL: the wrong operation (85 + 64 = 21), a dropped or extra digit
+  (= 14; PPO against the first reward model learned to answer exactly that), reversed digits
+  (= 941), or an operand echoed back (= 64).
+- ``"near_miss"`` (task ``preference-near-miss``, a stress test): off by 1, by 10 or by a small
+  random amount (= 148, = 139). Ranking those means recomputing the sum, which
+  SmolLM2-135M's reward model did not learn from hundreds of pairs on a CPU (docs/dpo.md).
 
 Split: arithmetic pairs take their questions from the ``arithmetic`` task's train/test parts,
 so a reward model trained here has never seen an arithmetic test question; helpfulness pairs use
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import random
 
+from posttrain.errors import ConfigError
 from posttrain.tasks import arithmetic
 from posttrain.tasks.base import Row, Task, assistant, user
 
@@ -99,9 +110,9 @@ HELPFUL = [
 N_HELPFUL_TRAIN = 30
 
 
-def wrong_result(a: int, op: str, b: int, rng: random.Random) -> int:
-    """A plausible mistake: off by one, off by ten (a carry slip), or a small random error;
-    never the true value and never negative."""
+def near_miss_result(a: int, op: str, b: int, rng: random.Random) -> int:
+    """A near miss: off by one, off by ten (a carry slip), or a small random error; never the
+    true value and never negative."""
     right = arithmetic.solve(a, op, b)
     while True:
         delta = rng.choice([-1, 1, -10, 10, rng.randint(-9, 9)])
@@ -109,8 +120,34 @@ def wrong_result(a: int, op: str, b: int, rng: random.Random) -> int:
             return right + delta
 
 
-def _arithmetic_pairs(split: str, n: int, seed: int) -> list[Row]:
-    rng = random.Random(f"preference:{split}:{seed}")
+def gross_result(a: int, op: str, b: int, rng: random.Random) -> int:
+    """A gross slip, one of four kinds picked at random: the wrong operation, the last digit
+    dropped (or a digit appended to a one-digit result), the digits reversed, or an operand
+    echoed back. Never the true value and never negative (kinds that would be are redrawn)."""
+    right = arithmetic.solve(a, op, b)
+    while True:
+        kind = rng.choice(["operation", "digit", "reversed", "operand"])
+        if kind == "operation":
+            value = arithmetic.solve(a, rng.choice([o for o in "+-*" if o != op]), b)
+        elif kind == "digit":
+            value = right // 10 if right >= 10 else right * 10 + rng.randint(1, 9)
+        elif kind == "reversed":
+            value = int(str(right)[::-1])
+        else:
+            value = rng.choice([a, b])
+        if value != right and value >= 0:
+            return value
+
+
+MISTAKES = {"gross": gross_result, "near_miss": near_miss_result}
+
+
+def _arithmetic_pairs(split: str, n: int, seed: int, mistakes: str) -> list[Row]:
+    wrong_result = MISTAKES[mistakes]
+    # near_miss keeps the seed string of the first release, so its files stay byte-identical
+    # and the figures measured on them (docs/dpo.md) stay reproducible.
+    tag = "preference" if mistakes == "near_miss" else f"preference:{mistakes}"
+    rng = random.Random(f"{tag}:{split}:{seed}")
     rows = []
     for _, a, op, b in arithmetic.problems(split, n, seed):
         rows.append(
@@ -140,24 +177,43 @@ def _helpful_pairs(items: list[tuple[str, str]], per_prompt: int, rng: random.Ra
 
 
 def task(
-    arithmetic_train: int = 400, arithmetic_test: int = 40, refusals_per_prompt: int = 2
+    arithmetic_train: int = 400,
+    arithmetic_test: int = 40,
+    refusals_per_prompt: int = 2,
+    mistakes: str = "gross",
 ) -> Task:
-    """The ``preference`` task: arithmetic pairs plus helpful-vs-evasive pairs, shuffled."""
+    """The ``preference`` task: arithmetic pairs plus helpful-vs-evasive pairs, shuffled.
+    ``mistakes`` ("gross" or "near_miss") picks how the rejected arithmetic answers are wrong."""
+    if mistakes not in MISTAKES:
+        raise ConfigError(
+            f"unknown mistakes={mistakes!r} for the preference task; use one of: "
+            f"{', '.join(MISTAKES)}."
+        )
 
     def make(split: str, seed: int) -> list[Row]:
         rng = random.Random(f"preference:helpful:{split}:{seed}")
         if split == "train":
-            rows = _arithmetic_pairs("train", arithmetic_train, seed)
+            rows = _arithmetic_pairs("train", arithmetic_train, seed, mistakes)
             rows += _helpful_pairs(HELPFUL[:N_HELPFUL_TRAIN], refusals_per_prompt, rng)
         else:
-            rows = _arithmetic_pairs("test", arithmetic_test, seed)
+            rows = _arithmetic_pairs("test", arithmetic_test, seed, mistakes)
             rows += _helpful_pairs(HELPFUL[N_HELPFUL_TRAIN:], refusals_per_prompt, rng)
         rng.shuffle(rows)
         return rows
 
+    name = "preference" if mistakes == "gross" else "preference-near-miss"
     return Task(
-        name="preference",
-        description="correct-vs-wrong arithmetic and helpful-vs-evasive pairs (reward model)",
+        name=name,
+        description=f"correct-vs-wrong ({mistakes}) arithmetic and helpful-vs-evasive pairs "
+        "(reward model)",
         make_train=lambda seed: make("train", seed),
         make_test=lambda: make("test", arithmetic.TEST_SEED),
     )
+
+
+def near_miss_task(
+    arithmetic_train: int = 400, arithmetic_test: int = 40, refusals_per_prompt: int = 2
+) -> Task:
+    """The ``preference-near-miss`` stress test: like ``preference`` but every wrong arithmetic
+    answer is a near miss (off by 1, 10 or a few), which only recomputing the sum can catch."""
+    return task(arithmetic_train, arithmetic_test, refusals_per_prompt, mistakes="near_miss")
