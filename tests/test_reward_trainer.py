@@ -20,7 +20,6 @@ from posttrain.algorithms.reward import (
 )
 from posttrain.config import load_config
 from posttrain.data.tokenize import render
-from posttrain.errors import ConfigError
 from posttrain.tiny import build_tiny_model, build_tiny_tokenizer
 
 
@@ -144,38 +143,6 @@ def test_margins_and_centring_enter_the_loss(tmp_path, tiny_tokenizer):
         m = batch["margin"] if use_margins else 0.0
         expected = -F.logsigmoid(c - r - m) + 0.01 * (c + r) ** 2
         torch.testing.assert_close(losses, expected, atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("use_lora", [False, True])
-def test_linear_probe_head_init_sets_the_fitted_head(tmp_path, tiny_model_dir, use_lora):
-    """head_init=linear_probe: before the first step, scores are exactly w . h(last token)
-    with w the Bradley-Terry fit on the frozen states of the training pairs (LoRA: the
-    trainable head copy is the one set and used)."""
-    from posttrain.ops.preference import fit_bradley_terry_head
-
-    path = write_jsonl(tmp_path / "t.jsonl", toy_pairs(range(8)))
-    config = load_config(RewardConfig, values={
-        "model": str(tiny_model_dir), "train_data": str(path), "output_dir": str(tmp_path / "o"),
-        "use_lora": use_lora, "lora_r": 4, "head_init": "linear_probe",
-        "per_device_batch_size": 4, "progress": False})
-    trainer = RewardModelTrainer(config)
-    wrapped = trainer.wrap(trainer.model)
-    accelerator = type("A", (), {"device": torch.device("cpu"), "is_main_process": True,
-                                 "unwrap_model": staticmethod(lambda m: m)})()
-    trainer.attach(wrapped, accelerator)
-    batch = collate_pairs(trainer.train_pairs, trainer.pad_id)
-    with torch.no_grad():
-        pooled = wrapped.pooled(batch["input_ids"], batch["attention_mask"])  # [2N, H]
-        scores = wrapped(batch["input_ids"], batch["attention_mask"])  # [2N]
-    n = len(trainer.train_pairs)
-    expected_w = fit_bradley_terry_head(pooled[:n], pooled[n:])
-    torch.testing.assert_close(scores, pooled @ expected_w, atol=1e-4, rtol=1e-4)
-    assert bool((scores[:n] > scores[n:]).all())  # the toy task is separable
-
-
-def test_head_init_is_validated():
-    with pytest.raises(ConfigError, match="head_init"):
-        load_config(RewardConfig, values={"train_data": "x.jsonl", "head_init": "probe"})
 
 
 def test_lora_trains_the_score_head_and_merges(tmp_path, tiny_model_dir):

@@ -35,9 +35,8 @@ from posttrain.data.loading import load_rows
 from posttrain.errors import ConfigError, DataError, PosttrainError
 from posttrain.hub import resolve_model
 from posttrain.models import is_peft, load_tokenizer, pick_dtype, save_model
-from posttrain.ops.preference import bradley_terry_loss, fit_bradley_terry_head
+from posttrain.ops.preference import bradley_terry_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
-from posttrain.train.checkpoint import latest_checkpoint
 from posttrain.train.loop import StepBatch, train
 
 
@@ -54,19 +53,9 @@ class RewardConfig(TrainConfig):
     use_margins: bool = option(
         True, "Subtract each row's `margin` column (Llama 2) inside the sigmoid when present."
     )
-    head_init: str = option(
-        "random",
-        "How the new score head starts: 'random' (as Hugging Face initialises it) or "
-        "'linear_probe' (fit it by Bradley-Terry logistic regression on the frozen model's "
-        "last-token states of the training pairs, then fine-tune: LP-FT, Kumar et al. 2022; "
-        "costs one forward pass over the training pairs).",
-    )
 
     def validate(self) -> None:
         super().validate()
-        if self.head_init not in ("random", "linear_probe"):
-            raise ConfigError(f"head_init must be 'random' or 'linear_probe', got "
-                              f"{self.head_init!r}.")
         if self.center_rewards_coefficient < 0:
             raise ConfigError("center_rewards_coefficient must be >= 0, got "
                               f"{self.center_rewards_coefficient}; 0.01 is a common value.")
@@ -97,18 +86,13 @@ class LastTokenScores(nn.Module):
         super().__init__()
         self.model = model
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] -> [B, H]: the backbone's last-layer state at each row's last real token,
-        which is what the head reads."""
-        backbone, _ = classification_parts(self.model)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        backbone, head = classification_parts(self.model)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                           use_cache=False).last_hidden_state  # [B, T, H]
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, last_token_index(attention_mask)]  # [B, H]
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        _, head = classification_parts(self.model)
-        return head(self.pooled(input_ids, attention_mask)).squeeze(-1).float()  # [B]
+        pooled = hidden[rows, last_token_index(attention_mask)]  # [B, H]
+        return head(pooled).squeeze(-1).float()  # [B]
 
 
 def load_reward_model(config: RewardConfig, tokenizer) -> nn.Module:
@@ -181,33 +165,6 @@ class RewardModelTrainer:
 
     def attach(self, wrapped, accelerator) -> None:
         self.accelerator, self.device = accelerator, accelerator.device
-        resuming = self.config.resume and latest_checkpoint(self.config.output_dir) is not None
-        if self.config.head_init == "linear_probe" and not resuming:  # a checkpoint has a head
-            self.fit_head(accelerator.unwrap_model(wrapped))
-
-    @torch.no_grad()
-    def fit_head(self, scores: LastTokenScores) -> None:
-        """LP of LP-FT: set the score head to the Bradley-Terry fit on frozen last-token
-        states of the training pairs (every process computes the same fit)."""
-        was_training = scores.training
-        scores.eval()
-        chosen, rejected = [], []
-        for chunk in split_micro(self.train_pairs, self.config.per_device_batch_size):
-            batch = collate_pairs(chunk, self.pad_id)
-            pooled = scores.pooled(batch["input_ids"].to(self.device),
-                                   batch["attention_mask"].to(self.device)).float().cpu()
-            chosen.append(pooled[: len(chunk)]), rejected.append(pooled[len(chunk):])
-        chosen_states, rejected_states = torch.cat(chosen), torch.cat(rejected)  # [N, H]
-        weights = fit_bradley_terry_head(chosen_states, rejected_states)  # [H]
-        _, head = classification_parts(self.model)
-        for name, param in head.named_parameters():  # under LoRA: the trainable copy(ies)
-            if param.requires_grad or not is_peft(self.model):
-                param.copy_(weights.view_as(param) if name.endswith("weight") else 0.0)
-        fitted = float(((chosen_states - rejected_states) @ weights > 0).float().mean())
-        if self.accelerator is None or self.accelerator.is_main_process:
-            print(f"head_init=linear_probe: score head fitted on {len(chosen_states)} training "
-                  f"pairs' frozen last-token states (train pair accuracy {fitted:.3f})")
-        scores.train(was_training)
 
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
