@@ -309,7 +309,7 @@ class OnlineRL:
         c = self.config
         mask = mb["completion_mask"].to(self.device)  # [B, C]
         logprobs, entropy, *extras = self.training_forward(wrapped, mb, c.log_entropy)
-        old = mb["old_logprobs"] if "old_logprobs" in mb else logprobs.detach()
+        old = self.old_logprobs(mb, logprobs)  # [B, C]
         advantages = mb["advantages"].to(self.device)
         if advantages.ndim == 1:
             advantages = advantages[:, None]  # same advantage for every token of a response
@@ -321,7 +321,7 @@ class OnlineRL:
         }
         kl_coef = self.kl_loss_coef()
         if kl_coef > 0:
-            kl = kl_estimate(logprobs, mb["ref_logprobs"], c.kl_estimator)  # [B, C]
+            kl = kl_estimate(logprobs, mb["ref_logprobs"].to(self.device), c.kl_estimator)
             per_token = per_token + kl_coef * kl
             metrics["kl"] = float(masked_mean(kl.detach(), mask))
         if entropy is not None:
@@ -335,6 +335,15 @@ class OnlineRL:
         )
         extra, extra_metrics = self.extra_loss(mb, step_batch, logprobs, *extras)
         return loss + extra, {**metrics, **extra_metrics}
+
+    def old_logprobs(self, mb: dict, logprobs: torch.Tensor) -> torch.Tensor:
+        """pi_old log-probs [B, C] on the training device: the ones scored (or sampled) before
+        the round's first update, or, on one-step rounds where none are stored, the current
+        ones detached (pi_old = pi_theta, ratio exactly 1). Stored ones may sit on the CPU
+        (round-level tables), hence the move."""
+        if "old_logprobs" in mb:
+            return mb["old_logprobs"].to(self.device)
+        return logprobs.detach()
 
     def training_forward(self, wrapped, mb: dict, return_entropy: bool) -> tuple:
         """The loss's one forward pass through the wrapped (DDP-visible) module:

@@ -318,8 +318,7 @@ class PPO(OnlineRL):
         share = aggregate_token_loss(per_token, mask, "dapo",
                                      total_tokens=step_batch.totals["tokens"])
         with torch.no_grad():
-            old = mb["old_logprobs"].to(self.device) if "old_logprobs" in mb else logprobs
-            log_ratio = logprobs.detach() - old  # [B, C]
+            log_ratio = logprobs.detach() - self.old_logprobs(mb, logprobs)  # [B, C]
             approx_kl = 0.5 * log_ratio**2  # k2 estimate of KL(pi_old || pi)
             self._approx_kl += torch.stack([masked_sum(approx_kl, mask), mask.sum()]).cpu()
         metrics = {
