@@ -194,3 +194,19 @@ def test_mini_batches_keep_the_rollout_policy_as_pi_old(prompts_file, tmp_path):
         mask = mb["completion_mask"].bool()
         torch.testing.assert_close(mb["old_logprobs"][mask], expected[mask], atol=1e-5, rtol=0)
         assert not torch.allclose(moved[mask], expected[mask], atol=1e-3)
+
+
+def test_stored_old_logprobs_move_to_the_training_device():
+    """Round-level log-prob tables live on the CPU; the loss must see them on the training
+    device (here the `meta` device stands in for a GPU), and without stored ones pi_old is the
+    current log-probs, detached."""
+    from types import SimpleNamespace
+
+    from posttrain.algorithms.online import OnlineRL
+
+    trainer = SimpleNamespace(device=torch.device("meta"))
+    stored = {"old_logprobs": torch.zeros(2, 3)}
+    assert OnlineRL.old_logprobs(trainer, stored, torch.zeros(2, 3)).device.type == "meta"
+    current = torch.ones(2, 3, requires_grad=True)
+    fallback = OnlineRL.old_logprobs(trainer, {}, current)
+    assert not fallback.requires_grad and torch.equal(fallback, current.detach())
