@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -50,7 +51,8 @@ def test_every_task_is_deterministic_and_its_splits_are_disjoint(name):
     assert train0 and test
     test_keys = {prompt_key(row) for row in test}
     assert not test_keys & {prompt_key(row) for row in train0 + train1}
-    if name not in ("identity", "preference", "preference-near-miss"):  # those repeat a prompt with different answers
+    repeats_prompts = ("identity", "preference", "preference-near-miss")  # several answers each
+    if name not in repeats_prompts:
         assert len({prompt_key(row) for row in train0}) == len(train0)
         assert len(test_keys) == len(test)
 
@@ -181,8 +183,6 @@ def test_near_miss_pairs_are_off_by_a_little():
 
 
 def test_gross_mistakes_are_the_four_documented_slips():
-    import random
-
     def slips(a: int, op: str, b: int) -> set[int]:
         right = arithmetic.solve(a, op, b)
         other_ops = {arithmetic.solve(a, o, b) for o in "+-*" if o != op}

@@ -272,12 +272,12 @@ def score_file(model_name: str, data: str, output: str | None = None, batch_size
     from posttrain.rewards.reward_model import RewardModelScorer
 
     rows = load_rows(data)
-    kinds = {"chosen" in r for r in rows.rows}
-    if len(kinds) > 1:
+    has_chosen = {"chosen" in r for r in rows.rows}  # {True}: preference pairs
+    if len(has_chosen) > 1:
         raise DataError(f"{data}: mixes preference rows (chosen/rejected) with other rows; "
                         "score one kind per file.")
     prompts, replies = [], []
-    if kinds == {True}:
+    if has_chosen == {True}:
         examples = [to_preference_example(r, w) for r, w in zip(rows.rows, rows.locations)]
         for side in ("chosen", "rejected"):
             prompts += [e.prompt for e in examples]
@@ -294,14 +294,14 @@ def score_file(model_name: str, data: str, output: str | None = None, batch_size
     scores = torch.tensor(scorer.score(prompts, replies))
     n = len(rows)
     summary: dict[str, float] = {"rows": n, "mean_score": float(scores.mean())}
-    if kinds == {True}:
+    if has_chosen == {True}:
         chosen, rejected = scores[:n], scores[n:]
         right = chosen > rejected  # [N]
         summary.update(pair_accuracy=float(right.float().mean()),
                        mean_margin=float((chosen - rejected).mean()))
-        kinds_column = [r.get("kind") for r in rows.rows]
-        for kind in sorted({k for k in kinds_column if isinstance(k, str)}):
-            in_kind = torch.tensor([k == kind for k in kinds_column])
+        row_kinds = [r.get("kind") for r in rows.rows]  # the optional `kind` column
+        for kind in sorted({k for k in row_kinds if isinstance(k, str)}):
+            in_kind = torch.tensor([k == kind for k in row_kinds])
             summary[f"pair_accuracy/{kind}"] = float(right[in_kind].float().mean())
         records = [{**r, "chosen_score": c, "rejected_score": s}
                    for r, c, s in zip(rows.rows, chosen.tolist(), rejected.tolist())]
