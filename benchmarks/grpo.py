@@ -91,7 +91,7 @@ def worker(spec: dict) -> dict:
             "logging_steps": 1, "progress": False,
         })
         algorithm = GRPO(config)
-        algorithm.save = lambda output_dir: None  # time training, not writing weights
+        algorithm.save = lambda output_dir, state_dicts=None: None  # time training, not writing weights
         dtype = str(next(algorithm.model.parameters()).dtype).removeprefix("torch.")
         with no_checkpoints():
             train(algorithm)

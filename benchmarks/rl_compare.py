@@ -160,7 +160,7 @@ def worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"posttrain-rl-compare-{name}-") as tmp:
         config = build_config(name, spec, f"{tmp}/out")
         algorithm = trainer(name)[1](config)
-        algorithm.save = lambda output_dir: None  # time training, not writing weights
+        algorithm.save = lambda output_dir, state_dicts=None: None  # time training, not writing weights
         per_round = config.num_iterations * config.mini_batches
         if spec.get("minutes"):
             stop_after(algorithm, 60 * spec["minutes"], per_round)

@@ -53,7 +53,7 @@ def run_one(args: argparse.Namespace) -> dict:
             "gradient_checkpointing": args.gradient_checkpointing,
         })
         algorithm = SFT(config)
-        algorithm.save = lambda output_dir: None  # time training, not writing weights
+        algorithm.save = lambda output_dir, state_dicts=None: None  # time training, not writing weights
         train(algorithm)
         records = [json.loads(x) for x in Path(config.output_dir, "metrics.jsonl").open()]
     timed = [r for r in records if r["step"] > 1 and "time/train_s" in r]

@@ -66,3 +66,8 @@ def memorise_data(tmp_path) -> Path:
         for a, b in ARITHMETIC_PAIRS
     ]
     return write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def stat_mean(statistic) -> float:
+    """The mean of a ``train.metrics.stat`` statistic [sum, sum of squares, count]."""
+    return float(statistic[0] / statistic[2])

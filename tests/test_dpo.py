@@ -22,6 +22,7 @@ from posttrain.data.tokenize import IGNORE_INDEX
 from posttrain.errors import ConfigError, DataError
 from posttrain.ops.preference import combined_dpo_loss
 from posttrain.tiny import build_tiny_model
+from posttrain.train.metrics import StepMetrics
 
 PAIRS = [
     {"prompt": "What is 2 + 3?", "chosen": "The answer is 5.", "rejected": "The answer is 7."},
@@ -208,13 +209,13 @@ def test_gradient_accumulation_is_exact(tmp_path, pairs_file, tiny_tokenizer, ac
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
                        * 0.02)
         step_batch = next(algo.step_batches(0))
-        total, metrics = 0.0, {}
+        sums = StepMetrics()
         for micro in step_batch.micro_batches:
             share, m = algo.loss(algo.wrapped, micro, step_batch)
             share.backward()
-            total += float(share.detach())
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v / len(step_batch.micro_batches)
+            sums.add(m, loss_share=float(share.detach()))
+        metrics = sums.reduce()
+        total = metrics.pop("loss")
         grads = torch.cat([p.grad.reshape(-1) for p in algo.model.parameters()
                            if p.grad is not None])
         results.append((total, grads, metrics))

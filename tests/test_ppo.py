@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import stat_mean
 
 from posttrain.algorithms.ppo import PPO, PPOConfig
 from posttrain.config import load_config
@@ -81,7 +82,7 @@ def test_critic_value_loss_falls_on_a_fixed_rollout(prompts_file, tmp_path):
         for mb in step.micro_batches:
             loss, metrics = algorithm.loss(algorithm.wrapped, mb, step)
             loss.backward()
-            losses[-1] += metrics["value_loss"]
+            losses[-1] += stat_mean(metrics["value_loss"])
         optimizer.step()
         optimizer.zero_grad()
     assert losses[-1] < 0.3 * losses[0], losses

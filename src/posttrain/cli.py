@@ -162,9 +162,12 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     config = load_config(config_cls, args.config, overrides)
     metrics = train(getattr(module, algorithm_name)(config))
-    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    print(json.dumps(summary))
-    print(f"model saved to {config.output_dir}")
+    from posttrain.train.distributed import ranks
+
+    if ranks().is_main:  # one summary, however many processes trained
+        summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        print(json.dumps(summary))
+        print(f"model saved to {config.output_dir}")
     return 0
 
 

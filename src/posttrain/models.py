@@ -101,6 +101,7 @@ def add_lora(model, config: TrainConfig):
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         task_type="CAUSAL_LM",
     )
+    torch.manual_seed(config.seed)  # the adapter's initialisation: the same in every process
     try:
         model = get_peft_model(model, lora)
     except ValueError as err:
@@ -114,17 +115,24 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model, tokenizer, folder: str | Path, merge_lora: bool = False) -> Path:
+def save_model(model, tokenizer, folder: str | Path, merge_lora: bool = False,
+               state_dict: dict | None = None) -> Path:
     """Save in the Hugging Face layout: full weights, or the LoRA adapter (+ `merged/` on
-    request, the adapter folded into the base weights, loadable without peft)."""
+    request, the adapter folded into the base weights, loadable without peft).
+
+    ``state_dict``: the model's full weights when its parameters are sharded (FSDP / ZeRO-3,
+    gathered by ``train.sharding.StateDicts``); None = the model's own ``state_dict()``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     if is_peft(model) and merge_lora:
-        # merge a copy: merge_and_unload rewrites the modules in place, and the caller's model
-        # must stay a peft model (e.g. a final evaluation after saving)
-        merged = copy.deepcopy(model).merge_and_unload()
+        if state_dict is None:
+            # merge a copy: merge_and_unload rewrites the modules in place, and the caller's
+            # model must stay a peft model (e.g. a final evaluation after saving)
+            merged = copy.deepcopy(model).merge_and_unload()
+        else:  # sharded weights cannot be merged in place: reload the adapter just written
+            merged = load_trained(folder).merge_and_unload()
         merged.save_pretrained(folder / "merged", safe_serialization=True)
         tokenizer.save_pretrained(folder / "merged")
     return folder

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import gc
 import os
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -39,14 +38,12 @@ import torch
 from torch import nn
 
 from posttrain.algorithms.pairs import (
-    StepMeans,
     TokenizedPair,
     cache_path,
     collate_pairs,
     load_pairs,
     parameters_fingerprint,
     read_cache,
-    reduce_values,
     response_logps,
     weights_fingerprint,
     write_cache,
@@ -63,8 +60,10 @@ from posttrain.models import (
 )
 from posttrain.ops.preference import DPO_LOSS_TYPES, combined_dpo_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.distributed import all_gather_objects, barrier, my_share, ranks
 from posttrain.train.forward import TokenLogprobs
 from posttrain.train.loop import StepBatch, train
+from posttrain.train.metrics import sharded_means, stats
 
 REF_CACHE_ENV = "POSTTRAIN_REF_CACHE"
 
@@ -164,32 +163,35 @@ class DPO:
         self.model = model
         self.source = reference_source(c)
         self.ref_model: nn.Module | None = None
-        self.step_size = c.per_device_batch_size * c.gradient_accumulation_steps
-        self.means = StepMeans()
+        # effective batch: micro x accumulation x processes (train/distributed.py)
+        self.examples_per_step = (c.per_device_batch_size * c.gradient_accumulation_steps
+                                  * ranks().world)
         self.device = torch.device("cpu")
         self.accelerator = None
+        self.wrapped: nn.Module | None = None
 
     # --- what the shared loop needs ------------------------------------------------------
     def total_steps(self) -> int:
         c = self.config
-        return total_steps(len(self.train_pairs), self.step_size, c.num_epochs, c.max_steps)
+        return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
+                           c.max_steps)
 
     def wrap(self, model):
         return TokenLogprobs(model)
 
     def attach(self, wrapped, accelerator) -> None:
-        """Place the reference: load the copy, or precompute (main process first, so the others
-        read its cache) and free it."""
-        self.accelerator, self.device = accelerator, accelerator.device
+        """Place the reference: load the copy (a full replica on every process, also under
+        FSDP: it has no gradients or optimiser states to shard), or precompute and free it."""
+        self.accelerator, self.device, self.wrapped = accelerator, accelerator.device, wrapped
         if self.config.reference == "precomputed":
-            with accelerator.main_process_first():
-                self.precompute()
+            self.precompute()
         elif self.source == "copy":
             self.ref_model = self.load_reference().to(self.device)
 
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
-        for indices in step_indices(len(self.train_pairs), self.step_size, c.seed, start_step):
+        for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
+                                    start_step):
             items = [self.train_pairs[i] for i in indices]
             micro = [collate_pairs(chunk, self.pad_id)
                      for chunk in split_micro(items, c.per_device_batch_size)]
@@ -197,11 +199,9 @@ class DPO:
 
     def loss(self, wrapped, batch: dict, step_batch: StepBatch):
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        per_pair, stats = self.pair_losses(wrapped, batch)  # [B]
+        per_pair, values = self.pair_losses(wrapped, batch)  # [B], {key: [B]}
         share = per_pair.sum() / step_batch.totals["pairs"]
-        acc = self.accelerator
-        rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
-        return share, self.means.add(step_batch, stats, rank, world)
+        return share, stats(values)
 
     @torch.no_grad()
     def evaluate(self, wrapped) -> dict[str, float]:
@@ -209,17 +209,20 @@ class DPO:
             return {}
         was_training = wrapped.training
         wrapped.eval()
-        values: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for chunk in split_micro(self.eval_pairs, self.config.per_device_batch_size):
-            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
-            per_pair, stats = self.pair_losses(wrapped, batch)
-            for key, value in {"loss": per_pair, **stats}.items():
-                values[key].append(value.detach().float().cpu())
-        wrapped.train(was_training)
-        return reduce_values(values)
 
-    def save(self, output_dir: str) -> None:
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+        def pair_stats(chunk: list[TokenizedPair]) -> dict[str, torch.Tensor]:
+            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
+            per_pair, values = self.pair_losses(wrapped, batch)
+            return stats({"loss": per_pair, **values})
+
+        means = sharded_means(split_micro(self.eval_pairs, self.config.per_device_batch_size),
+                              pair_stats)
+        wrapped.train(was_training)
+        return means
+
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.model))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
     # --- the loss ------------------------------------------------------------------------------
@@ -227,7 +230,7 @@ class DPO:
         """Per-pair loss [B] (differentiable) and per-pair statistics for logging."""
         c = self.config
         n = batch["input_ids"].shape[0] // 2
-        ref = self.reference_logps(batch)  # [2B] or None; before the policy pass (memory)
+        ref = self.reference_logps(batch, policy)  # [2B] or None; before the policy (memory)
         logps, lengths = response_logps(policy, batch)  # [2B], [2B]
         out = combined_dpo_loss(
             logps[:n], logps[n:],
@@ -252,7 +255,8 @@ class DPO:
         return per_pair, stats
 
     # --- the reference -------------------------------------------------------------------------
-    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def reference_logps(self, batch: dict[str, torch.Tensor],
+                        policy: nn.Module | None = None) -> torch.Tensor | None:
         if self.source is None:
             return None
         if self.config.reference == "precomputed":
@@ -260,20 +264,22 @@ class DPO:
                 raise RuntimeError("reference=precomputed but the batch has no ref_logps: "
                                    "attach() (which precomputes them) was not called.")
             return batch["ref_logps"]
-        with torch.no_grad(), self.reference_network() as ref:
+        with torch.no_grad(), self.reference_network(policy) as ref:
             return response_logps(ref, batch)[0]
 
     @contextmanager
-    def reference_network(self):
+    def reference_network(self, policy: nn.Module | None = None):
         """A TokenLogprobs for the reference: the frozen copy, or the policy with its adapter
-        disabled (in eval mode, so dropout is off as it would be for a separate copy)."""
+        disabled (in eval mode, so dropout is off as it would be for a separate copy). The
+        adapter-less pass goes through ``policy``, the prepared (DDP / FSDP) module when given,
+        so that sharded weights are gathered as in any forward."""
         autocast = self.accelerator.autocast() if self.accelerator is not None else nullcontext()
         if self.source == "adapter":
             was_training = self.model.training
             self.model.eval()
             try:
                 with self.model.disable_adapter(), autocast:
-                    yield TokenLogprobs(self.model)
+                    yield policy if policy is not None else TokenLogprobs(self.model)
             finally:
                 self.model.train(was_training)
         else:
@@ -299,18 +305,21 @@ class DPO:
     # --- precomputed reference log-probs ---------------------------------------------------
     def precompute(self) -> None:
         """Fill ``ref_logps`` of every train/eval pair from the disk cache, computing what is
-        missing; afterwards no reference model is held."""
+        missing (every process its share, then gathered; process 0 writes the cache);
+        afterwards no reference model is held."""
         sets = [(p, spec) for p, spec in ((self.train_pairs, self.config.train_data),
                                           (self.eval_pairs, self.config.eval_data)) if p]
         fingerprint = self.reference_fingerprint()
         for pairs, spec in sets:
             path = cache_path(self.cache_dir(), fingerprint, pairs)
             values = read_cache(path, len(pairs))
-            if values is None:
+            barrier()  # every process has looked before process 0 may write
+            if any(all_gather_objects(values is None)):
                 if self.source == "copy" and self.ref_model is None:
                     self.ref_model = self.load_reference().to(self.device)
                 values = self.compute_reference(pairs)
-                write_cache(path, values, {"reference": fingerprint, "data": str(spec)})
+                if ranks().is_main:
+                    write_cache(path, values, {"reference": fingerprint, "data": str(spec)})
             for pair, chosen, rejected in zip(pairs, values[0].tolist(), values[1].tolist()):
                 pair.ref_logps = (chosen, rejected)
         self.ref_model = None
@@ -320,15 +329,22 @@ class DPO:
 
     @torch.no_grad()
     def compute_reference(self, pairs: list[TokenizedPair]) -> torch.Tensor:
-        """[2, N] reference log-probs (chosen row 0, rejected row 1)."""
-        chosen, rejected = [], []
-        for chunk in split_micro(pairs, self.config.per_device_batch_size):
+        """[2, N] reference log-probs (chosen row 0, rejected row 1); each process scores its
+        share of the chunks, and the results are gathered on all of them."""
+        here = ranks()
+        chunks = list(enumerate(split_micro(pairs, self.config.per_device_batch_size)))
+        mine: list[tuple[int, torch.Tensor]] = []
+        for slot in my_share(chunks, here.rank, here.world):
+            index, chunk = slot.item
             batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
             batch.pop("ref_logps", None)
-            with self.reference_network() as ref:
+            with self.reference_network(self.wrapped) as ref:
                 logps = response_logps(ref, batch)[0].float().cpu()  # [2b]
-            chosen.append(logps[: len(chunk)])
-            rejected.append(logps[len(chunk):])
+            if slot.real:
+                mine.append((index, logps))
+        scored = dict(item for part in all_gather_objects(mine) for item in part)
+        chosen = [scored[i][: len(chunk)] for i, chunk in chunks]
+        rejected = [scored[i][len(chunk):] for i, chunk in chunks]
         return torch.stack([torch.cat(chosen), torch.cat(rejected)])
 
     def reference_fingerprint(self) -> str:

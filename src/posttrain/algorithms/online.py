@@ -14,6 +14,13 @@ One *round* (the algorithm box of Shao et al. 2024, and of PPO without the criti
 The estimators differ only in ``estimate_advantages``; PPO (algorithms/ppo.py) overrides it and
 adds a critic loss. Everything else, including batching, logging and the time split, is here.
 
+With several processes, a round's prompts are dealt out (prompt i to process i mod N, so a group
+never straddles two processes); each process samples and scores its own prompts with per-prompt
+seeds, and the scored rollouts are gathered, so every process holds the whole round, computes the
+same advantages (group statistics, whitening, logged means) and trains its share of the
+micro-batches. The scoring forward passes (pi_old, pi_ref, values) are split the same way and
+their [N, C] tables summed. One process and N processes therefore take the same steps.
+
 Hooks a subclass may override (PPO uses all of them; the defaults are GRPO/RLOO/REINFORCE++):
 ``estimate_advantages(data)`` (may also fill ``data.token_data``, per-token [N, C] tensors that
 reach every micro-batch, e.g. old log-probs and values), ``needs_reference()``,
@@ -42,13 +49,22 @@ from posttrain.ops.advantages import (
     zero_std_groups,
 )
 from posttrain.ops.policy import aggregate_token_loss, clipped_surrogate, kl_estimate
-from posttrain.ops.stats import masked_mean
+from posttrain.rewards.combine import RewardOutput
 from posttrain.rewards.loading import load_reward_set
-from posttrain.rollout.base import Rollout, SamplingParams, encode_prompts
+from posttrain.rollout.base import Rollout, SamplingParams, encode_prompts, merge_rollouts
 from posttrain.rollout.hf import HFGenerator
 from posttrain.train.batching import split_micro, step_indices
+from posttrain.train.distributed import (
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_sum,
+    my_share,
+    ranks,
+)
 from posttrain.train.forward import TokenLogprobs
 from posttrain.train.loop import StepBatch
+from posttrain.train.metrics import stat
+from posttrain.train.sharding import gathered_for_generation
 
 
 @dataclass
@@ -155,20 +171,31 @@ class OnlineRL:
         self, round_index: int, examples: list, indices: list[int] | None = None
     ) -> RoundData:
         """Rollout + rewards for ``examples`` (``indices``: their rows in the training data,
-        so a failing reward function names the data row)."""
+        so a failing reward function names the data row). Each process samples and scores
+        its share of the prompts; the result holds the whole round on every process."""
         c = self.config
+        here = ranks()
+        params = self.sampling_params(round_index)
+        mine = list(range(here.rank, len(examples), here.world))  # whole groups per process
         t0 = time.time()
-        prompt_ids = encode_prompts(self.tokenizer, [e.prompt for e in examples])
-        rollout = self.generator.generate(prompt_ids, self.sampling_params(round_index))
+        with self.generation_weights():
+            local = self.sample([examples[p].prompt for p in mine], params,
+                                seeds=[params.seed * 7919 + p for p in mine])
         t1 = time.time()
-        rows = rollout.prompt_index  # row -> prompt
+        rows = [mine[p] for p in local.prompt_index]  # row -> prompt position in the round
         columns = {key: [examples[p].columns.get(key) for p in rows]
                    for key in sorted({k for e in examples for k in e.columns})}
         row_ids = [indices[p] for p in rows] if indices is not None else None
-        scored = self.rewards.score([examples[p].prompt for p in rows], rollout.completions,
-                                    rollout.completion_ids, columns, row_ids=row_ids)
-        rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
+        if rows:
+            scored = self.rewards.score([examples[p].prompt for p in rows], local.completions,
+                                        local.completion_ids, columns, row_ids=row_ids)
+        else:  # more processes than prompts: nothing to score here
+            scored = RewardOutput([], {name: [] for name in self.rewards.names})
         t2 = time.time()
+        parts = all_gather_objects((mine, local, scored))
+        rollout, order = merge_rollouts([(positions, r) for positions, r, _ in parts])
+        scored = _merge_scores([part[2] for part in parts], order)
+        rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
 
         # [N / G] bool; PPO may sample one completion per prompt: no groups then
         flat = zero_std_groups(rewards, c.num_generations) if c.num_generations > 1 else None
@@ -178,19 +205,34 @@ class OnlineRL:
         if c.mask_truncated_completions:
             keep = [i for i in keep if rollout.finish_reasons[i] == "stop"]
         lengths = [len(ids) for ids in rollout.completion_ids]
+        generation_s, reward_s = all_reduce_max(t1 - t0), all_reduce_max(t2 - t1)
         metrics = {
             **scored.metrics(),
             **({"frac_reward_zero_std": float(flat.float().mean())} if flat is not None else {}),
             "completion_length": sum(lengths) / len(lengths),
             "frac_truncated": rollout.finish_reasons.count("length") / len(lengths),
             "trained_completions": len(keep),
-            "time/generation_s": round(t1 - t0, 3),
-            "time/reward_s": round(t2 - t1, 3),
-            "generated_tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
+            "time/generation_s": round(generation_s, 3),
+            "time/reward_s": round(reward_s, 3),
+            "generated_tokens_per_s": sum(lengths) / max(generation_s, 1e-9),
         }
         data = RoundData(rollout, rewards, None, keep, metrics)
         data.advantages = self.estimate_advantages(data)
         return data
+
+    def generation_weights(self):
+        """Context in which the policy's weights are whole on this process (a collective
+        gather under FSDP / ZeRO-3, entered by every process; nothing otherwise)."""
+        return gathered_for_generation(getattr(self, "wrapped", None))
+
+    def sample(self, prompts: list, params: SamplingParams,
+               seeds: list[int] | None = None) -> Rollout:
+        """This process's completions of ``prompts`` (messages); call it inside
+        ``generation_weights()``. No prompts: an empty rollout."""
+        if not prompts:
+            return Rollout([], [], [], [], [], [])
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
+        return self.generator.generate(prompt_ids, params, seeds=seeds)
 
     def estimate_advantages(self, data: RoundData) -> torch.Tensor:
         """Sequence-level advantages [N] for the critic-free estimators (from data.rewards)."""
@@ -215,11 +257,7 @@ class OnlineRL:
             return
         generator = torch.Generator().manual_seed(c.seed + round_index)
         t0 = time.time()
-        micro_all = [self.make_micro(data, rows)
-                     for rows in split_micro(data.keep, c.per_device_batch_size)]
-        self.score_old_and_ref(micro_all)
-        if c.mini_batches > 1:  # keep pi_old of the rollout, not of an updated policy
-            self.store_round_logprobs(data, micro_all)
+        self.score_old_and_ref(data)  # before any update: pi_old is the sampling policy
         scoring_s = time.time() - t0 + data.scoring_s
         for iteration in range(c.num_iterations):
             order = torch.randperm(len(data.keep), generator=generator).tolist()
@@ -227,29 +265,12 @@ class OnlineRL:
             size = math.ceil(len(rows) / c.mini_batches)
             for m in range(c.mini_batches):
                 mini = rows[m * size : (m + 1) * size]
-                if c.mini_batches == 1:
-                    micro = micro_all  # same rows, precomputed old/ref log-probs
-                else:  # regroup rows; their old/ref log-probs were scored before any update
-                    micro = [self.make_micro(data, r)
-                             for r in split_micro(mini, c.per_device_batch_size)]
+                micro = [self.make_micro(data, r)
+                         for r in split_micro(mini, c.per_device_batch_size)]
                 tokens = sum(float(mb["completion_mask"].sum()) for mb in micro)
                 metrics = dict(data.metrics) if iteration == 0 and m == 0 else {}
                 metrics["time/scoring_s"] = round(scoring_s, 3)
                 yield StepBatch(micro, {"sequences": len(mini), "tokens": tokens}, metrics)
-
-    @staticmethod
-    def store_round_logprobs(data: RoundData, micro_batches: list[dict]) -> None:
-        """Copy per-row old/ref log-probs into round-level [N, C_max] tensors, so mini-batches
-        that regroup rows later still use the values scored before the round's first update."""
-        width = max(len(ids) for ids in data.rollout.completion_ids)
-        for key in ("old_logprobs", "ref_logprobs"):
-            if key in data.token_data or not all(key in mb for mb in micro_batches):
-                continue
-            table = torch.zeros(len(data.rollout.completion_ids), max(width, 1))
-            for mb in micro_batches:
-                values = mb[key].cpu()
-                table[mb["rows"], : values.shape[1]] = values
-            data.token_data[key] = table
 
     def make_micro(self, data: RoundData, rows: list[int]) -> dict[str, Any]:
         batch = self.padded_rows(data.rollout, rows)
@@ -276,18 +297,48 @@ class OnlineRL:
         return dict(sub.to_padded_tensors(self.pad_id))
 
     @torch.no_grad()
-    def score_old_and_ref(self, micro_batches: list[dict]) -> None:
+    def score_tables(self, rollout: Rollout, rows: list[int], score) -> dict[str, torch.Tensor]:
+        """Per-token values of ``rows`` as round tables [N, C] (C = the round's longest
+        completion, rows aligned from column 0, zeros elsewhere). ``score(mb)`` returns
+        ``{key: [B, width]}`` for one micro-batch; each process scores its even share of the
+        micro-batches (padding passes keep sharded forwards in step) and the tables are summed
+        across processes, so every process ends with all of them."""
+        here = ranks()
+        N = len(rollout)
+        C = max(1, max(len(ids) for ids in rollout.completion_ids))
+        tables: dict[str, torch.Tensor] = {}
+        for slot in my_share(split_micro(rows, self.config.per_device_batch_size),
+                             here.rank, here.world):
+            mb = self.padded_rows(rollout, slot.item)
+            for key, values in score(mb).items():
+                table = tables.setdefault(key, torch.zeros(N, C))
+                if slot.real:
+                    table[slot.item, : values.shape[1]] = values.float().cpu()
+        if not tables:
+            return {}
+        keys = sorted(tables)
+        summed = all_reduce_sum(torch.stack([tables[k] for k in keys]))  # [K, N, C]
+        return dict(zip(keys, summed))
+
+    def score_old_and_ref(self, data: RoundData) -> None:
         """pi_old log-probs (only needed when the round takes more than one optimiser step;
         otherwise pi_old = pi_theta exactly and the ratio is 1) and pi_ref log-probs (when the
-        loss has a KL term). Log-probs that estimate_advantages already put in the micro-batch
-        (through ``token_data``) are kept."""
-        need_old = self.steps_per_round > 1
-        need_ref = self.kl_loss_coef() > 0
-        for mb in micro_batches:
-            if need_old and "old_logprobs" not in mb:
-                mb["old_logprobs"] = self.logprobs(self.wrapped, mb)[0]
-            if need_ref and "ref_logprobs" not in mb:
-                mb["ref_logprobs"] = self.reference_logprobs(mb)
+        loss has a KL term) of the kept rows, into ``data.token_data``. Tables that
+        estimate_advantages already filled are kept."""
+        need_old = self.steps_per_round > 1 and "old_logprobs" not in data.token_data
+        need_ref = self.kl_loss_coef() > 0 and "ref_logprobs" not in data.token_data
+        if not (need_old or need_ref):
+            return
+
+        def score(mb: dict) -> dict[str, torch.Tensor]:
+            out = {}
+            if need_old:
+                out["old_logprobs"] = self.logprobs(self.wrapped, mb)[0]
+            if need_ref:
+                out["ref_logprobs"] = self.reference_logprobs(mb)
+            return out
+
+        data.token_data.update(self.score_tables(data.rollout, data.keep, score))
 
     def logprobs(self, scorer, mb: dict, return_entropy: bool = False, **kwargs: Any):
         P = mb["prompt_length"]
@@ -315,17 +366,17 @@ class OnlineRL:
             advantages = advantages[:, None]  # same advantage for every token of a response
         per_token, clipped_low, clipped_high = clipped_surrogate(
             logprobs, old, advantages, epsilon_low=c.epsilon, epsilon_high=c.epsilon_high)
-        metrics = {
-            "clip_ratio/low": float(masked_mean(clipped_low.float(), mask)),
-            "clip_ratio/high": float(masked_mean(clipped_high.float(), mask)),
+        metrics = {  # statistics over the step's tokens (train/metrics.py)
+            "clip_ratio/low": stat(clipped_low.float(), mask),
+            "clip_ratio/high": stat(clipped_high.float(), mask),
         }
         kl_coef = self.kl_loss_coef()
         if kl_coef > 0:
             kl = kl_estimate(logprobs, mb["ref_logprobs"].to(self.device), c.kl_estimator)
             per_token = per_token + kl_coef * kl
-            metrics["kl"] = float(masked_mean(kl.detach(), mask))
+            metrics["kl"] = stat(kl, mask)
         if entropy is not None:
-            metrics["entropy"] = float(masked_mean(entropy, mask))
+            metrics["entropy"] = stat(entropy, mask)
         loss = aggregate_token_loss(
             per_token, mask, c.loss_type,
             total_sequences=step_batch.totals["sequences"],
@@ -352,34 +403,55 @@ class OnlineRL:
 
     def extra_loss(
         self, mb: dict, step_batch: StepBatch, logprobs: torch.Tensor, *extras: Any
-    ) -> tuple[Any, dict[str, float]]:
-        """Additional loss terms (PPO's value loss); none for critic-free estimators."""
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Additional loss terms (PPO's value loss) and their statistics; none for
+        critic-free estimators."""
         return 0.0, {}
 
     # --- evaluation and saving -----------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, wrapped) -> dict[str, float]:
         """Greedy answers to the eval prompts, scored by the same reward functions (for the
-        math reward this is the accuracy, counted on the final answer only)."""
+        math reward this is the accuracy, counted on the final answer only). Each process
+        answers and scores its share of the prompts; the means are over all of them."""
         if not self.eval_prompts:
             return {}
-        examples = self.eval_prompts
-        rows_total: dict[str, list[float]] = {}
-        for start in range(0, len(examples), self.config.eval_batch_size):
-            chunk = examples[start : start + self.config.eval_batch_size]
-            rollout = self.generator.generate(
-                encode_prompts(self.tokenizer, [e.prompt for e in chunk]),
-                self.sampling_params(0, greedy=True))
+        here = ranks()
+        size = self.config.eval_batch_size
+        chunks = [self.eval_prompts[i : i + size] for i in range(0, len(self.eval_prompts), size)]
+        values: dict[str, list[float]] = {}
+        with self.generation_weights():
+            answers = [(chunk, self.sample([e.prompt for e in chunk],
+                                           self.sampling_params(0, greedy=True)))
+                       for chunk in chunks[here.rank :: here.world]]
+        for chunk, rollout in answers:
             columns = {k: [e.columns.get(k) for e in chunk]
                        for k in sorted({k for e in chunk for k in e.columns})}
             scored = self.rewards.score([e.prompt for e in chunk], rollout.completions,
                                         rollout.completion_ids, columns)
-            for name, values in [*scored.per_function.items(), ("total", scored.totals)]:
-                rows_total.setdefault(name, []).extend(v for v in values if v is not None)
-        return {f"rewards/{k}/mean": sum(v) / len(v) for k, v in rows_total.items() if v}
+            for name, got in [*scored.per_function.items(), ("total", scored.totals)]:
+                values.setdefault(name, []).extend(v for v in got if v is not None)
+        merged: dict[str, list[float]] = {}
+        for part in all_gather_objects(values):
+            for name, got in part.items():
+                merged.setdefault(name, []).extend(got)
+        return {f"rewards/{k}/mean": sum(v) / len(v) for k, v in sorted(merged.items()) if v}
 
-    def save(self, output_dir: str) -> None:
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
         from posttrain.config import save_config
 
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.model))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
+
+
+def _merge_scores(parts: list[RewardOutput], order: list[tuple[int, int]]) -> RewardOutput:
+    """The processes' reward outputs in the merged rollout's row order (see merge_rollouts)."""
+    names = list(parts[0].per_function)
+    return RewardOutput(
+        totals=[parts[k].totals[row] for k, row in order],
+        per_function={name: [parts[k].per_function[name][row] for k, row in order]
+                      for name in names},
+        all_none_rows=sum(part.all_none_rows for part in parts),
+        weights=parts[0].weights,
+    )

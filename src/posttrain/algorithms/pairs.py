@@ -1,7 +1,7 @@
 """Preference pairs, shared by DPO and reward modelling: tokenised (prompt+chosen,
 prompt+rejected) pairs, [2B, T] batches (chosen rows then rejected rows, so both go through the
-model in one forward pass), summed response log-probs, exact per-step means of per-pair values,
-and the on-disk cache of precomputed per-pair reference log-probs.
+model in one forward pass), summed response log-probs, and the on-disk cache of precomputed
+per-pair reference log-probs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from posttrain.data.loading import load_rows
 from posttrain.data.tokenize import IGNORE_INDEX, TokenizedExample, collate, tokenize_sft
 from posttrain.errors import DataError
 from posttrain.hub import resolve_model
-from posttrain.train.loop import StepBatch
 
 # --- data: tokenised pairs and [2B, T] batches ------------------------------------------------
 
@@ -100,40 +98,6 @@ def response_logps(module: nn.Module, batch: dict[str, torch.Tensor]):
                       attention_mask=batch["attention_mask"])  # [N, T - first]
     mask = (targets != IGNORE_INDEX).to(logps.dtype)
     return (logps * mask).sum(-1), mask.sum(-1)
-
-
-class StepMeans:
-    """Exact per-step means of per-pair values. The loop averages the metrics of a process's
-    micro-batches, which is exact only for equal micro-batches; so values are collected and the
-    last micro-batch returns mean x (number of micro-batches). Keys ending in ``_std`` give the
-    standard deviation instead of the mean."""
-
-    def __init__(self) -> None:
-        self._step: StepBatch | None = None
-        self._values: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._seen = 0
-
-    def add(self, step_batch: StepBatch, values: dict[str, torch.Tensor], rank: int = 0,
-            world: int = 1) -> dict[str, float]:
-        if step_batch is not self._step:
-            self._step, self._values, self._seen = step_batch, defaultdict(list), 0
-        self._seen += 1
-        for key, value in values.items():
-            self._values[key].append(value.detach().float().cpu())
-        mine = len(step_batch.micro_batches[rank::world])
-        if self._seen < mine:
-            return {}
-        out = reduce_values(self._values)
-        self._step = None
-        return {key: value * mine for key, value in out.items()}
-
-
-def reduce_values(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-    out = {}
-    for key, parts in values.items():
-        flat = torch.cat(parts)
-        out[key] = float(flat.std(unbiased=False) if key.endswith("_std") else flat.mean())
-    return out
 
 
 # --- cache of precomputed reference log-probs -------------------------------------------------

@@ -61,8 +61,8 @@ from posttrain.ops.advantages import (
 )
 from posttrain.ops.policy import aggregate_token_loss, kl_estimate
 from posttrain.ops.stats import masked_mean, masked_sum, masked_whiten
-from posttrain.train.batching import split_micro
 from posttrain.train.loop import StepBatch
+from posttrain.train.metrics import mean_stat, stat
 
 
 @dataclass
@@ -199,8 +199,6 @@ class PPO(OnlineRL):
             AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.adaptive_kl else FixedKLController(config.kl_coef)
         )
-        self.accelerator = None
-        self._approx_kl = torch.zeros(2)  # [sum, tokens] of 0.5 (logp - old)^2 in this step
 
     # --- hooks of OnlineRL -----------------------------------------------------------------
     def needs_reference(self) -> bool:
@@ -212,10 +210,6 @@ class PPO(OnlineRL):
     def wrap(self, model: ActorCritic) -> ActorCriticForward:
         return ActorCriticForward(model)
 
-    def attach(self, wrapped, accelerator) -> None:
-        super().attach(wrapped, accelerator)
-        self.accelerator = accelerator
-
     def training_forward(self, wrapped, mb: dict, return_entropy: bool) -> tuple:
         return self.logprobs(wrapped, mb, return_entropy=return_entropy, parts="both")
 
@@ -226,27 +220,25 @@ class PPO(OnlineRL):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """pi_old and pi_ref log-probs and V(s_t) of every completion token: [N, C] each
         (C = the round's longest completion, rows aligned from column 0; ref None if unused),
-        and the completion mask [N, C]."""
-        N = len(data.rollout)
-        C = max(1, max(len(ids) for ids in data.rollout.completion_ids))
-        old, values = torch.zeros(N, C), torch.zeros(N, C)
-        ref = torch.zeros(N, C) if self.needs_reference() else None
-        mask = torch.zeros(N, C)
+        and the completion mask [N, C]. Each process scores its share (``score_tables``)."""
         from_sampler = self.sampler_is_policy()
-        for rows in split_micro(list(range(N)), self.config.per_device_batch_size):
-            mb = self.padded_rows(data.rollout, rows)
-            width = mb["completion_mask"].shape[1]
-            index = torch.tensor(rows)
+
+        def score(mb: dict) -> dict[str, torch.Tensor]:
             if from_sampler:  # the sampler's log-probs are pi_old's: skip a policy forward
-                logprobs = mb["sampler_logprobs"]
-                value = self.logprobs(self.wrapped, mb, parts="critic")  # [B, width]
+                out = {"values": self.logprobs(self.wrapped, mb, parts="critic")}  # [B, width]
             else:
-                logprobs, _, value = self.logprobs(self.wrapped, mb, parts="both")  # [B, width]
-            old[index, :width], values[index, :width] = logprobs.float().cpu(), value.cpu()
-            mask[index, :width] = mb["completion_mask"]
-            if ref is not None:
-                ref[index, :width] = self.reference_logprobs(mb).float().cpu()
-        return old, ref, values, mask
+                logprobs, _, values = self.logprobs(self.wrapped, mb, parts="both")
+                out = {"old": logprobs, "values": values}
+            if self.needs_reference():
+                out["ref"] = self.reference_logprobs(mb)
+            return out
+
+        rollout = data.rollout
+        tables = self.score_tables(rollout, list(range(len(rollout))), score)
+        full = rollout.to_padded_tensors(self.pad_id)  # [N, C] masks and sampler log-probs
+        mask = full["completion_mask"]
+        old = full["sampler_logprobs"] * mask if from_sampler else tables["old"]
+        return old, tables.get("ref"), tables["values"], mask
 
     def sampler_is_policy(self) -> bool:
         """True when the rollout's own log-probs are pi_old's: one optimiser step per round
@@ -317,38 +309,28 @@ class PPO(OnlineRL):
                                                       c.value_clip)  # [B, C]
         share = aggregate_token_loss(per_token, mask, "dapo",
                                      total_tokens=step_batch.totals["tokens"])
-        with torch.no_grad():
-            log_ratio = logprobs.detach() - self.old_logprobs(mb, logprobs)  # [B, C]
-            approx_kl = 0.5 * log_ratio**2  # k2 estimate of KL(pi_old || pi)
-            self._approx_kl += torch.stack([masked_sum(approx_kl, mask), mask.sum()]).cpu()
-        metrics = {
-            "value_loss": float(masked_mean(per_token.detach(), mask)),
-            "value_clip_fraction": float(clip_fraction),
-            "approx_kl": float(masked_mean(approx_kl, mask)),
+        log_ratio = logprobs.detach() - self.old_logprobs(mb, logprobs)  # [B, C]
+        metrics = {  # statistics over the step's tokens (train/metrics.py)
+            "value_loss": stat(per_token, mask),
+            "value_clip_fraction": mean_stat(clip_fraction, mask.sum()),
+            "approx_kl": stat(0.5 * log_ratio**2, mask),  # k2 estimate of KL(pi_old || pi)
         }
         return c.vf_coef * share, metrics
 
     def round_step_batches(self, data: RoundData, round_index: int) -> Iterator[StepBatch]:
-        """The shared steps; with ``kl_stop``, once a trained step measured approx KL above it,
-        the round's remaining steps are empty (no gradient, no update), so the loop's step
-        count stays fixed. The KL is measured before that step's update, which still happens."""
-        stopped = False
-        for i, step in enumerate(super().round_step_batches(data, round_index)):
-            if self.config.kl_stop is not None and i > 0 and not stopped:
-                stopped = self._step_approx_kl() > self.config.kl_stop
-            self._approx_kl = torch.zeros(2)
+        """The shared steps; with ``kl_stop``, once a trained step measured approx KL above it
+        (read from the step's outcome, reduced over all processes, so they all decide alike),
+        the round's remaining steps are empty (no gradient, no update), so the loop's step count
+        stays fixed. The KL is measured before that step's update, which still happens."""
+        stopped, previous = False, None
+        for step in super().round_step_batches(data, round_index):
+            if self.config.kl_stop is not None and previous is not None and not stopped:
+                stopped = previous.outcome.get("approx_kl", 0.0) > self.config.kl_stop
             if stopped:
                 metrics = {**step.metrics, "kl_stop/skipped": 1.0}
-                yield StepBatch([], {"sequences": 0, "tokens": 0}, metrics)
-            else:
-                yield step
-
-    def _step_approx_kl(self) -> float:
-        sums = self._approx_kl
-        acc = self.accelerator
-        if acc is not None and getattr(acc, "num_processes", 1) > 1:  # all ranks decide alike
-            sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
-        return float(sums[0] / sums[1].clamp(min=1.0))
+                step = StepBatch([], {"sequences": 0, "tokens": 0}, metrics)
+            yield step
+            previous = step
 
     # --- resumable state, saving ---------------------------------------------------------
     def state_dict(self) -> dict[str, float]:
@@ -358,12 +340,13 @@ class PPO(OnlineRL):
         if "kl_coef" in state:
             self.kl_ctl.value = float(state["kl_coef"])
 
-    def save(self, output_dir: str) -> None:
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
         from posttrain.config import save_config
 
-        save_model(self.policy, self.tokenizer, output_dir, self.config.merge_lora)
+        save_model(self.policy, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.policy))
         save_model(self.critic, self.tokenizer, Path(output_dir) / "value_model",
-                   self.config.merge_lora)
+                   self.config.merge_lora, state_dict=state_dicts(self.critic))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
 

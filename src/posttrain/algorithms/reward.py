@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from posttrain.algorithms.pairs import StepMeans, collate_pairs, load_pairs, reduce_values
+from posttrain.algorithms.pairs import collate_pairs, load_pairs
 from posttrain.config import TrainConfig, option, save_config
 from posttrain.data.formats import Message, to_preference_example, to_sft_example
 from posttrain.data.loading import load_rows
@@ -37,7 +37,10 @@ from posttrain.hub import resolve_model
 from posttrain.models import is_peft, load_tokenizer, pick_dtype, save_model
 from posttrain.ops.preference import bradley_terry_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.distributed import ranks
 from posttrain.train.loop import StepBatch, train
+from posttrain.train.metrics import sharded_means, stats
+from posttrain.train.sharding import no_split_modules
 
 
 @dataclass
@@ -85,6 +88,7 @@ class LastTokenScores(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self._no_split_modules = no_split_modules(model)  # FSDP auto-wrap reads the root's
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         backbone, head = classification_parts(self.model)
@@ -126,6 +130,7 @@ def add_reward_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         task_type="SEQ_CLS", modules_to_save=["score"],
     )
+    torch.manual_seed(config.seed)  # the adapter's initialisation: the same in every process
     try:
         model = get_peft_model(model, lora)
     except ValueError as err:
@@ -151,14 +156,16 @@ class RewardModelTrainer:
         elif c.use_lora and not is_peft(model):
             model = add_reward_lora(model, c)
         self.model = model
-        self.step_size = c.per_device_batch_size * c.gradient_accumulation_steps
-        self.means = StepMeans()
+        # effective batch: micro x accumulation x processes (train/distributed.py)
+        self.examples_per_step = (c.per_device_batch_size * c.gradient_accumulation_steps
+                                  * ranks().world)
         self.device = torch.device("cpu")
         self.accelerator = None
 
     def total_steps(self) -> int:
         c = self.config
-        return total_steps(len(self.train_pairs), self.step_size, c.num_epochs, c.max_steps)
+        return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
+                           c.max_steps)
 
     def wrap(self, model):
         return LastTokenScores(model)
@@ -168,7 +175,8 @@ class RewardModelTrainer:
 
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
-        for indices in step_indices(len(self.train_pairs), self.step_size, c.seed, start_step):
+        for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
+                                    start_step):
             items = [self.train_pairs[i] for i in indices]
             micro = [collate_pairs(chunk, self.pad_id)
                      for chunk in split_micro(items, c.per_device_batch_size)]
@@ -192,11 +200,8 @@ class RewardModelTrainer:
 
     def loss(self, wrapped, batch: dict, step_batch: StepBatch):
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        losses, stats = self.pair_losses(wrapped, batch)
-        acc = self.accelerator
-        rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
-        return losses.sum() / step_batch.totals["pairs"], self.means.add(
-            step_batch, stats, rank, world)
+        losses, values = self.pair_losses(wrapped, batch)  # [B], {key: [B]}
+        return losses.sum() / step_batch.totals["pairs"], stats(values)
 
     @torch.no_grad()
     def evaluate(self, wrapped) -> dict[str, float]:
@@ -204,17 +209,20 @@ class RewardModelTrainer:
             return {}
         was_training = wrapped.training
         wrapped.eval()
-        values: dict[str, list[torch.Tensor]] = {}
-        for chunk in split_micro(self.eval_pairs, self.config.per_device_batch_size):
-            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
-            losses, stats = self.pair_losses(wrapped, batch)
-            for key, value in {"loss": losses, **stats}.items():
-                values.setdefault(key, []).append(value.float().cpu())
-        wrapped.train(was_training)
-        return reduce_values(values)
 
-    def save(self, output_dir: str) -> None:
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+        def pair_stats(chunk) -> dict[str, torch.Tensor]:
+            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
+            losses, values = self.pair_losses(wrapped, batch)
+            return stats({"loss": losses, **values})
+
+        means = sharded_means(split_micro(self.eval_pairs, self.config.per_device_batch_size),
+                              pair_stats)
+        wrapped.train(was_training)
+        return means
+
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.model))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
 

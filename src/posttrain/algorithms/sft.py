@@ -28,6 +28,7 @@ from posttrain.data.tokenize import (
 from posttrain.models import load_policy, load_tokenizer, save_model
 from posttrain.ops.sft import sft_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.distributed import ranks, sharded_sum
 from posttrain.train.forward import TokenLogprobs
 from posttrain.train.loop import StepBatch, train
 
@@ -61,7 +62,9 @@ class SFT:
         )
         self.model = model if model is not None else load_policy(config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
-        self.step_size = config.per_device_batch_size * config.gradient_accumulation_steps
+        # effective batch: micro x accumulation x processes (train/distributed.py)
+        self.examples_per_step = (config.per_device_batch_size
+                                  * config.gradient_accumulation_steps * ranks().world)
 
     def _load(self, spec: str, split: str, limit: int | None) -> list:
         rows = load_rows(spec, split, self.config.data_subset).take(limit)
@@ -74,7 +77,8 @@ class SFT:
     # --- what the shared loop needs ------------------------------------------------------
     def total_steps(self) -> int:
         c = self.config
-        return total_steps(len(self.train_examples), self.step_size, c.num_epochs, c.max_steps)
+        return total_steps(len(self.train_examples), self.examples_per_step, c.num_epochs,
+                           c.max_steps)
 
     def wrap(self, model):
         return TokenLogprobs(model)
@@ -89,7 +93,8 @@ class SFT:
 
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
-        for indices in step_indices(len(self.train_examples), self.step_size, c.seed, start_step):
+        for indices in step_indices(len(self.train_examples), self.examples_per_step, c.seed,
+                                    start_step):
             items = [self.train_examples[i] for i in indices]
             micro = [self._collate(chunk) for chunk in split_micro(items, c.per_device_batch_size)]
             tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
@@ -132,8 +137,8 @@ class SFT:
             return {}
         was_training = wrapped.training
         wrapped.eval()
-        total_nll, total_tokens = 0.0, 0
-        for chunk in split_micro(self.eval_examples, self.config.per_device_batch_size):
+
+        def nll_and_tokens(chunk: list) -> torch.Tensor:
             batch = {k: v.to(self.device) for k, v in self._collate(chunk).items()}
             targets = batch["labels"][:, 1:]
             mask = targets != IGNORE_INDEX
@@ -142,14 +147,17 @@ class SFT:
                 attention_mask=batch.get("attention_mask"),
                 position_ids=batch.get("position_ids"),
             )
-            total_nll += float(-(logprobs * mask).sum())
-            total_tokens += int(mask.sum())
+            return torch.stack([-(logprobs * mask).sum(), mask.sum()])
+
+        chunks = split_micro(self.eval_examples, self.config.per_device_batch_size)
+        total_nll, total_tokens = sharded_sum(chunks, nll_and_tokens).tolist()
         wrapped.train(was_training)
         mean_nll = total_nll / max(total_tokens, 1)
         return {"loss": mean_nll, "perplexity": float(torch.tensor(mean_nll).exp())}
 
-    def save(self, output_dir: str) -> None:
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora)
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.model))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
 

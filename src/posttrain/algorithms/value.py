@@ -38,6 +38,7 @@ from posttrain.config import TrainConfig
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.hub import resolve_model
 from posttrain.train.forward import TokenLogprobs
+from posttrain.train.sharding import no_split_modules
 
 
 def load_value_model(config: TrainConfig, tokenizer: Any) -> nn.Module:
@@ -166,6 +167,8 @@ class ActorCriticForward(nn.Module):
         super().__init__()
         self.actor = TokenLogprobs(model.policy)
         self.critic = TokenValues(model.critic)
+        # FSDP auto-wrap reads the root's layer classes
+        self._no_split_modules = no_split_modules(model.policy, model.critic)
 
     def forward(
         self,

@@ -132,12 +132,39 @@ class Rollout:
         )
 
 
+def merge_rollouts(
+    parts: list[tuple[list[int], Rollout]],
+) -> tuple[Rollout, list[tuple[int, int]]]:
+    """Rollouts of disjoint sets of prompts (e.g. one per process) back into one, prompt-major
+    in the order of the original prompt list. ``parts[k] = (positions, rollout)``: the rollout's
+    prompt i is prompt ``positions[i]`` of the whole list. Returns the merged rollout and, for
+    each of its rows, ``(k, row)``: where it came from, so per-row data can follow."""
+    order = sorted(
+        ((positions[r.prompt_index[row]], k, row)
+         for k, (positions, r) in enumerate(parts) for row in range(len(r))),
+    )  # (prompt position, part, row): a prompt's samples stay in their sampled order
+    picked = [(parts[k][1], row) for _, k, row in order]
+    merged = Rollout(
+        prompt_ids=[r.prompt_ids[i] for r, i in picked],
+        completion_ids=[r.completion_ids[i] for r, i in picked],
+        completions=[r.completions[i] for r, i in picked],
+        sampler_logprobs=[r.sampler_logprobs[i] for r, i in picked],
+        finish_reasons=[r.finish_reasons[i] for r, i in picked],
+        prompt_index=[position for position, _, _ in order],
+    )
+    return merged, [(k, row) for _, k, row in order]
+
+
 @runtime_checkable
 class Generator(Protocol):
     """What a trainer needs from a generation backend."""
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
-        """Sample ``params.n`` completions for each prompt (token ids, chat template applied)."""
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> Rollout:
+        """Sample ``params.n`` completions for each prompt (token ids, chat template applied).
+        ``seeds``: one per prompt, so that a prompt's samples do not depend on which other
+        prompts (or processes) share the call, where the backend can promise that."""
         ...
 
     def update_weights(self, model: torch.nn.Module) -> None:

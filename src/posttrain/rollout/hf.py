@@ -50,19 +50,40 @@ def process_logits(
 
 
 def sample_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row; returns (tokens [R] long, their log-probs [R] float32).
 
-    Greedy (temperature 0) takes the argmax; its log-prob is 0.0 because a point mass is the
-    distribution it was drawn from.
+    Sampling is by inverse CDF: row r takes the first token whose cumulative probability exceeds
+    ``uniforms[r]`` (one number in [0, 1) per row, from that row's own random stream). So a
+    row's sample depends only on its own logits and its own stream, never on which other rows
+    share the batch: the same seed gives the same completions with any batch size, any
+    ``max_batch_rows`` and any number of processes. ``uniforms=None`` draws them from the global
+    generator. Greedy (temperature 0) takes the argmax; its log-prob is 0.0 because a point mass
+    is the distribution it was drawn from.
     """
     if params.greedy:
         tokens = logits.argmax(dim=-1)  # [R]
         return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=logits.device)
     logp = process_logits(logits, params.temperature, params.top_k, params.top_p)  # [R, V]
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [R]
+    if uniforms is None:
+        uniforms = torch.rand(logp.shape[0], device=logp.device)
+    cdf = logp.exp().cumsum(-1)  # [R, V]
+    # strictly above the threshold: a zero-probability token never starts a new CDF step
+    threshold = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # [R, 1]
+    tokens = torch.searchsorted(cdf, threshold, right=True).squeeze(-1)  # [R]
+    tokens = tokens.clamp(max=logp.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int, device: torch.device) -> torch.Tensor:
+    """[len(seeds) * n, steps] uniforms in [0, 1): sample j of prompt i reads row i * n + j, a
+    stream that depends only on (seeds[i], j)."""
+    rows = []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(int(seed) % (2**63))
+        rows.append(torch.rand(n, steps, generator=generator, dtype=torch.float64))
+    return torch.cat(rows).to(device)
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -103,8 +124,12 @@ class HFGenerator:
         self.model = model
         self._cache_kw = _cache_kwarg(model)
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
-        """Sample ``params.n`` completions per prompt; rows come back prompt-major."""
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> Rollout:
+        """Sample ``params.n`` completions per prompt; rows come back prompt-major. ``seeds``:
+        one per prompt (default ``params.seed + i``); a prompt's completions depend only on its
+        own seed (see ``sample_tokens``)."""
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise PosttrainError(
@@ -115,10 +140,12 @@ class HFGenerator:
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if pad_id is None:  # the pad value is masked out everywhere; any valid id will do
             pad_id = stop_ids[0] if stop_ids else 0
-        device = next(self.model.parameters()).device
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(params.seed)
+        if seeds is None:
+            base = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
+            seeds = [base + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise PosttrainError(f"HFGenerator.generate: {len(seeds)} seeds for "
+                                 f"{len(prompts)} prompts; give one seed per prompt.")
 
         per_chunk = len(prompts) or 1
         if self.max_batch_rows is not None:
@@ -131,7 +158,8 @@ class HFGenerator:
             with torch.inference_mode():
                 for first in range(0, len(prompts), per_chunk):
                     chunk = prompts[first : first + per_chunk]
-                    rows += self._generate_chunk(chunk, params, stop_ids, pad_id, generator)
+                    chunk_seeds = seeds[first : first + per_chunk]
+                    rows += self._generate_chunk(chunk, params, stop_ids, pad_id, chunk_seeds)
         finally:
             self.model.train(was_training)
         seconds = time.perf_counter() - start
@@ -176,7 +204,7 @@ class HFGenerator:
         params: SamplingParams,
         stop_ids: list[int],
         pad_id: int,
-        generator: torch.Generator | None,
+        seeds: list[int],
     ) -> list[tuple[list[int], list[float], str]]:
         """Decode one batch of prompts; returns (completion ids, log-probs, reason) per row."""
         device = next(self.model.parameters()).device
@@ -209,9 +237,11 @@ class HFGenerator:
         stop_tensor = torch.tensor(stop_ids, dtype=torch.long, device=device)
         batch_rows = torch.arange(n_rows, device=device)  # [R'] output row of each batch row
         live = torch.ones(n_rows, dtype=torch.bool, device=device)  # [R'] still generating
+        uniforms = None if params.greedy else row_uniforms(seeds, n, max_new, device)  # [R, T]
 
         for step in range(max_new):
-            tokens, logps = sample_tokens(logits, params, generator)  # [R'], [R']
+            row_u = None if uniforms is None else uniforms[batch_rows, step]  # [R']
+            tokens, logps = sample_tokens(logits, params, row_u)  # [R'], [R']
             # Rows that finished earlier but are still in the batch write past their length;
             # the final trim drops that, so no masking (and no host sync) is needed here.
             tokens_out[batch_rows, step] = tokens

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from posttrain.ops.logprobs import entropy_from_logits, selective_log_softmax
+from posttrain.train.sharding import no_split_modules
 
 CHUNK_ROWS = 1024
 
@@ -42,6 +43,7 @@ class TokenLogprobs(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_rows = chunk_rows
+        self._no_split_modules = no_split_modules(model)  # FSDP auto-wrap reads the root's
         config = model.config
         # Heads with soft-capping or scaling are computed the plain way (full logits).
         self.plain_head = bool(

@@ -12,8 +12,10 @@ An algorithm supplies *what* to compute; this loop does the rest, once:
 Gradient accumulation: an algorithm's loss returns this micro-batch's *share* of the step's loss,
 normalised by totals counted over the whole step batch (tokens, sequences), so the shares add up
 to exactly the loss of the full batch (1 x 4 == 4 x 1). The loop never divides by the number of
-micro-batches. Under DDP, gradients are averaged across processes, so each share is multiplied
-by the number of processes.
+micro-batches. Under DDP / FSDP, gradients are averaged across processes, so each share is
+multiplied by the number of processes. Every process runs the same number of passes (padding
+passes count zero) and metrics are sums reduced across processes: ``distributed.py`` has the
+whole data-parallel contract, ``metrics.py`` the statistics, ``sharding.py`` FSDP / DeepSpeed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,11 @@ from posttrain.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from posttrain.train.distributed import my_share
 from posttrain.train.logging import MetricsLogger
+from posttrain.train.metrics import StepMetrics
 from posttrain.train.optim import build_optimizer, build_scheduler
+from posttrain.train.sharding import make_accelerator
 
 MAX_NONFINITE_STEPS = 5
 
@@ -47,11 +51,16 @@ MAX_NONFINITE_STEPS = 5
 @dataclass
 class StepBatch:
     """Everything for one optimiser step: its micro-batches (for all processes), totals used as
-    loss normalisers, and metrics gathered while preparing it (e.g. rollout statistics)."""
+    loss normalisers, and metrics gathered while preparing it (e.g. rollout statistics).
+
+    After the step, the loop puts the step's logged metrics (reduced over all processes) in
+    ``outcome``, so the algorithm that yielded the batch can react before it builds the next one
+    (PPO's KL early stop reads ``approx_kl`` there)."""
 
     micro_batches: list[Any]
     totals: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    outcome: dict[str, float] = field(default_factory=dict)
 
 
 class Algorithm(Protocol):
@@ -65,26 +74,36 @@ class Algorithm(Protocol):
 
     def loss(
         self, wrapped: nn.Module, micro_batch: Any, step_batch: StepBatch
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This micro-batch's share of the step loss, and its metrics as ``metrics.stat``
+        statistics (sums and counts)."""
+        ...
 
     def wrap(self, model: nn.Module) -> nn.Module: ...
 
     def evaluate(self, wrapped: nn.Module) -> dict[str, float]: ...
 
-    def save(self, output_dir: str) -> None: ...
+    def save(self, output_dir: str, state_dicts: Any) -> None:
+        """Write the output folder (process 0 only); ``state_dicts(module)`` gives a module's
+        full state dict, gathered from every process when the weights are sharded."""
+        ...
 
     def attach(self, wrapped: nn.Module, accelerator: Any) -> None: ...
 
 
 def train(algorithm: Algorithm) -> dict[str, float]:
     """Run ``algorithm`` to completion (or resume it); returns the last logged metrics."""
-    from accelerate import Accelerator
-
     config = algorithm.config
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision)
     torch.manual_seed(config.seed)
 
     total_steps = algorithm.total_steps()
+    found = latest_checkpoint(config.output_dir)
+    if found is not None and not config.resume:
+        raise ConfigError(
+            f"{config.output_dir} already has checkpoints ({found.name}): resume with --resume "
+            "(resume=true), or choose another output_dir."
+        )
     wrapped = algorithm.wrap(algorithm.model)  # e.g. TokenLogprobs(model)
     optimizer = build_optimizer(algorithm.model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
@@ -92,19 +111,15 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     algorithm.attach(wrapped, accelerator)
 
     start_step = 0
-    found = latest_checkpoint(config.output_dir)
-    if found is not None and not config.resume:
-        raise ConfigError(
-            f"{config.output_dir} already has checkpoints ({found.name}): resume with --resume "
-            "(resume=true), or choose another output_dir."
-        )
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    if config.resume:
-        if found is not None:
-            state = load_checkpoint(found, algorithm.model, optimizer, scheduler)
-            start_step = state["step"]
-            if hasattr(algorithm, "load_state_dict"):
-                algorithm.load_state_dict(state.get("algorithm", {}))
+    if accelerator.is_main_process:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if config.resume and found is not None:
+        state = load_checkpoint(found, accelerator, wrapped, optimizer, scheduler)
+        _check_same_batch(state, algorithm, found)
+        start_step = state["step"]
+        if hasattr(algorithm, "load_state_dict"):
+            algorithm.load_state_dict(state.get("algorithm", {}))
     if accelerator.is_main_process:
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", start_step)
 
@@ -120,6 +135,8 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     )
     if start_step:
         logger.message(f"resumed from {found} at step {start_step}/{total_steps}")
+    if accelerator.num_processes > 1:
+        logger.message(f"{accelerator.num_processes} processes ({accelerator.distributed_type})")
     logger.advance_to(start_step)
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -138,25 +155,25 @@ def train(algorithm: Algorithm) -> dict[str, float]:
                 break
             prepare_s = time.time() - t_prepare
             t_train = time.time()
-            mine = step_batch.micro_batches[rank::world]
-            sums: dict[str, float] = defaultdict(float)
-            loss_total = 0.0
-            for i, micro in enumerate(mine):
+            mine = my_share(step_batch.micro_batches, rank, world)  # even: padding counts 0
+            sums = StepMetrics()
+            for i, slot in enumerate(mine):
                 sync = i == len(mine) - 1
                 context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
                 with context:
-                    loss_share, metrics = algorithm.loss(wrapped, micro, step_batch)
-                    accelerator.backward(loss_share * world)
-                loss_total += loss_share.item()
-                for key, value in metrics.items():
-                    sums[key] += value
+                    loss_share, metrics = algorithm.loss(wrapped, slot.item, step_batch)
+                    weight = world if slot.real else 0.0
+                    accelerator.backward(loss_share * weight)
+                sums.add(metrics, real=slot.real, loss_share=loss_share.item())
+            step_metrics = {"loss": 0.0, **sums.reduce()}  # over every process: same everywhere
             grad_norm = _clip(accelerator, algorithm.model, config.max_grad_norm)
-            if math.isfinite(loss_total) and math.isfinite(grad_norm):
+            if math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm):
                 optimizer.step()
                 nonfinite_in_a_row = 0
             else:
                 nonfinite_in_a_row += 1
-                logger.message(f"step {step + 1}: non-finite loss/grad ({loss_total}); skipped")
+                logger.message(f"step {step + 1}: non-finite loss/grad "
+                               f"({step_metrics['loss']}); skipped")
                 if nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
                     raise RuntimeError(
                         f"{MAX_NONFINITE_STEPS} optimiser steps in a row had a non-finite loss "
@@ -166,31 +183,29 @@ def train(algorithm: Algorithm) -> dict[str, float]:
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
+            step_batch.outcome = {
+                **step_metrics,
+                **step_batch.metrics,
+                "grad_norm": grad_norm,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "time/prepare_s": round(prepare_s, 3),
+                "time/train_s": round(time.time() - t_train, 3),
+            }
             if step % config.logging_steps == 0 or step == total_steps:
-                last_metrics = {
-                    "loss": loss_total,
-                    **{k: v / max(len(mine), 1) for k, v in sums.items()},
-                    **step_batch.metrics,
-                    "grad_norm": grad_norm,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "time/prepare_s": round(prepare_s, 3),
-                    "time/train_s": round(time.time() - t_train, 3),
-                }
+                last_metrics = step_batch.outcome
                 logger.log(step, last_metrics)
             else:
                 logger.advance_to(step)
             if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
                 logger.log(step, _evaluate(algorithm, wrapped))
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                _checkpoint(accelerator, algorithm, optimizer, scheduler, step)
+                _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step)
         final_eval = _evaluate(algorithm, wrapped)
         if final_eval:
             logger.log(step, final_eval)
             last_metrics.update(final_eval)
-        _checkpoint(accelerator, algorithm, optimizer, scheduler, step)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            algorithm.save(config.output_dir)
+        _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step)
+        _save(accelerator, algorithm, wrapped)
     finally:
         logger.close()
     return last_metrics
@@ -208,16 +223,33 @@ def truncate_metrics(path: Path, keep_through_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _checkpoint(accelerator, algorithm, optimizer, scheduler, step: int) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+def _check_same_batch(state: dict, algorithm: Algorithm, found: Path) -> None:
+    """A step means the same examples only with the same effective batch; the data position
+    of a resumed run is ``step x examples_per_step``. Other world sizes are fine when the
+    accumulation makes up for them."""
+    saved = state.get("examples_per_step")
+    now = getattr(algorithm, "examples_per_step", None)
+    if saved is None or now is None or saved == now:
         return
-    state = {"step": step}
+    raise ConfigError(
+        f"{found} was written with {saved} examples per optimiser step, but this run has "
+        f"{now} (per_device_batch_size x gradient_accumulation_steps x processes). Set "
+        f"gradient_accumulation_steps so that the product is {saved} again: e.g. double it "
+        "when going from 2 processes to 1, halve it when going from 1 to 2."
+    )
+
+
+def _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step: int) -> None:
+    """A collective call: sharded weights and optimiser states are gathered from every process,
+    then process 0 writes them in a layout that resumes on any number of processes."""
+    state = {"step": step, "world_size": accelerator.num_processes,
+             "examples_per_step": getattr(algorithm, "examples_per_step", None)}
     if hasattr(algorithm, "state_dict"):
         state["algorithm"] = algorithm.state_dict()
     save_checkpoint(
         checkpoint_dir(algorithm.config.output_dir, step),
-        algorithm.model,
+        accelerator,
+        wrapped,
         optimizer,
         scheduler,
         state,
@@ -225,17 +257,27 @@ def _checkpoint(accelerator, algorithm, optimizer, scheduler, step: int) -> None
     )
 
 
+def _save(accelerator, algorithm, wrapped) -> None:
+    """Gather full weights (a collective call under sharding) and let process 0 write the
+    plain Hugging Face folder."""
+    from posttrain.train.sharding import StateDicts
+
+    state_dicts = StateDicts(accelerator, wrapped)
+    if accelerator.is_main_process:
+        algorithm.save(algorithm.config.output_dir, state_dicts)
+    accelerator.wait_for_everyone()
+
+
 def _clip(accelerator, model: nn.Module, max_norm: float) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     if max_norm > 0:
         return float(accelerator.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+    return float(accelerator.clip_grad_norm_(params, float("inf")))
 
 
 def _evaluate(algorithm: Algorithm, wrapped: nn.Module) -> dict[str, float]:
     """The algorithm's eval metrics under ``eval/``, with the seconds it took (so learning
-    curves can be drawn against training time alone)."""
+    curves can be drawn against training time alone). Every process takes part."""
     start = time.time()
     metrics = algorithm.evaluate(wrapped)
     if not metrics:
