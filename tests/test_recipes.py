@@ -20,7 +20,8 @@ from posttrain.config import load_config
 from posttrain.hub import ALIASES
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(ROOT.glob("recipes/**/*.yaml"))
+# training recipes; recipes/accelerate/ holds launcher configs (tests/test_distributed.py)
+RECIPES = sorted(p for p in ROOT.glob("recipes/**/*.yaml") if "accelerate" not in p.parts)
 ALGORITHMS = ("sft", "dpo", "reward", "grpo", "ppo", "rloo")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")

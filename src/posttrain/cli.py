@@ -159,10 +159,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(describe(config_cls))
         return 0
+    from posttrain.train.distributed import ranks
+    from posttrain.train.sharding import check_launch
+
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     config = load_config(config_cls, args.config, overrides)
+    check_launch()  # FSDP on a CPU, DeepSpeed without CUDA: said before any model loads
     metrics = train(getattr(module, algorithm_name)(config))
-    from posttrain.train.distributed import ranks
 
     if ranks().is_main:  # one summary, however many processes trained
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

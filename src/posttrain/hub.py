@@ -16,6 +16,7 @@ when complete, so an interrupted build never leaves a half-written model behind;
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -129,7 +130,9 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
 
 
 def _ensure_built(alias: str, folder: Path) -> Path:
-    """Build ``alias`` into ``folder`` unless a complete, current build is already there."""
+    """Build ``alias`` into ``folder`` unless a complete, current build is already there.
+    Processes that start together (``torchrun``) wait on one lock: the first builds, the
+    others find its build."""
     if _built_version(folder) == BUILD_VERSION:
         return folder
     if folder.exists() and not (folder / MARKER).is_file():
@@ -139,16 +142,36 @@ def _ensure_built(alias: str, folder: Path) -> Path:
         )
     _check_requirements(alias)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        _BUILDERS[alias](tmp)
-        info = {"alias": alias, "build_version": BUILD_VERSION, "description": ALIASES[alias]}
-        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        _publish(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _build_lock(folder):
+        if _built_version(folder) == BUILD_VERSION:  # another process built it meanwhile
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            _BUILDERS[alias](tmp)
+            info = {"alias": alias, "build_version": BUILD_VERSION, "description": ALIASES[alias]}
+            (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+            _publish(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """An exclusive lock file next to ``folder`` (POSIX ``flock``; elsewhere no lock, and the
+    atomic rename in ``_publish`` still keeps a half-written build invisible)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _publish(tmp: Path, folder: Path) -> None:
@@ -166,6 +189,19 @@ def _publish(tmp: Path, folder: Path) -> None:
     except OSError:
         if not (folder / MARKER).is_file():
             raise
+
+
+def save_model_files(model, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` from any process. Under torch.distributed, transformers
+    writes weights only on rank 0 and silently skips the others; but the process that builds a
+    cached alias is whichever got the build lock, so the check is lifted for this one call."""
+    model.should_save_on_this_rank = lambda is_main_process: True  # shadows the method
+    try:
+        model.save_pretrained(folder)
+    finally:
+        del model.should_save_on_this_rank
+    if not (Path(folder) / "config.json").is_file():
+        raise PosttrainError(f"saving the model to {folder} wrote no config.json")
 
 
 def _built_version(folder: Path) -> int | None:
@@ -258,7 +294,7 @@ def _build_smollm2(folder: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(folder)
+    save_model_files(model, folder)
     tokenizer.save_pretrained(folder)
 
     # The written folder must reproduce the dequantised model's logits.
@@ -359,7 +395,7 @@ def _save_random(folder: Path, config, tokenizer, dtype=None, seed: int = 0) -> 
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    model.save_pretrained(folder)
+    save_model_files(model, folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 

@@ -106,6 +106,8 @@ def save_tiny(folder: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    from posttrain.hub import save_model_files
+
+    save_model_files(model, folder)
     tokenizer.save_pretrained(folder)
     return folder

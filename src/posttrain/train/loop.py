@@ -43,7 +43,7 @@ from posttrain.train.distributed import my_share
 from posttrain.train.logging import MetricsLogger
 from posttrain.train.metrics import StepMetrics
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.sharding import make_accelerator
+from posttrain.train.sharding import deepspeed_backward, is_deepspeed, make_accelerator
 
 MAX_NONFINITE_STEPS = 5
 
@@ -140,6 +140,7 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     logger.advance_to(start_step)
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    engine_steps = is_deepspeed(accelerator)  # DeepSpeed's engine clips and steps itself
     last_metrics: dict[str, float] = {}
     nonfinite_in_a_row = 0
     step = start_step
@@ -163,12 +164,19 @@ def train(algorithm: Algorithm) -> dict[str, float]:
                 with context:
                     loss_share, metrics = algorithm.loss(wrapped, slot.item, step_batch)
                     weight = world if slot.real else 0.0
-                    accelerator.backward(loss_share * weight)
+                    if engine_steps:
+                        deepspeed_backward(wrapped, loss_share * weight, last=sync)
+                    else:
+                        accelerator.backward(loss_share * weight)
                 sums.add(metrics, real=slot.real, loss_share=loss_share.item())
             step_metrics = {"loss": 0.0, **sums.reduce()}  # over every process: same everywhere
-            grad_norm = _clip(accelerator, algorithm.model, config.max_grad_norm)
+            if engine_steps:
+                grad_norm = float(wrapped.get_global_grad_norm() or 0.0)
+            else:
+                grad_norm = _clip(accelerator, algorithm.model, config.max_grad_norm)
             if math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm):
-                optimizer.step()
+                if not engine_steps:
+                    optimizer.step()
                 nonfinite_in_a_row = 0
             else:
                 nonfinite_in_a_row += 1

@@ -40,17 +40,16 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
-def make_accelerator(mixed_precision: str):
-    """``accelerate.Accelerator`` for this launch, refusing the set-ups accelerate would
-    silently downgrade or fail deep inside."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+def check_launch() -> None:
+    """Refuse, before any model loads, the launches accelerate would silently downgrade (FSDP
+    on a CPU becomes plain DDP) or fail deep inside (DeepSpeed without CUDA)."""
+    from posttrain.train.distributed import ranks, use_cpu
 
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                "DeepSpeed ZeRO was requested (accelerate config with a deepspeed section) but "
-                "no CUDA GPU is visible: ZeRO-2/3 need CUDA. On CPU use "
+                "DeepSpeed ZeRO was requested (an accelerate config with distributed_type: "
+                "DEEPSPEED) but no CUDA GPU is visible: ZeRO-2/3 need CUDA. On CPU use "
                 "recipes/accelerate/ddp.yaml (or fsdp.yaml with POSTTRAIN_FSDP_ON_CPU=1)."
             )
         try:
@@ -58,22 +57,35 @@ def make_accelerator(mixed_precision: str):
         except ImportError:
             raise ConfigError("DeepSpeed was requested but is not installed: "
                               "pip install 'posttrain[deepspeed]'") from None
+    if (_env_flag("ACCELERATE_USE_FSDP") and use_cpu() and ranks().world > 1
+            and not _env_flag(FSDP_ON_CPU_ENV)):
+        raise ConfigError(
+            "FSDP was requested (an accelerate config with distributed_type: FSDP) but this "
+            "run is on the CPU, where accelerate does not shard: it would silently run plain "
+            "DDP. Use recipes/accelerate/ddp.yaml here, or set "
+            f"{FSDP_ON_CPU_ENV}=1 to force FSDP2 on CPU with gloo (slow; meant for tests)."
+        )
+
+
+def make_accelerator(mixed_precision: str):
+    """``accelerate.Accelerator`` for this launch (after :func:`check_launch`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
     from posttrain.train.distributed import use_cpu
 
+    check_launch()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=use_cpu())
-    wants_fsdp = _env_flag("ACCELERATE_USE_FSDP")
-    if wants_fsdp and accelerator.num_processes > 1 and (
-            accelerator.distributed_type != DistributedType.FSDP):
-        if not _env_flag(FSDP_ON_CPU_ENV):
-            raise ConfigError(
-                f"FSDP was requested but accelerate chose {accelerator.distributed_type} (it "
-                "shards only on GPUs and other accelerators; on this CPU it would silently run "
-                "plain DDP). Use recipes/accelerate/ddp.yaml here, or set "
-                f"{FSDP_ON_CPU_ENV}=1 to force FSDP2 on CPU with gloo (slow; meant for tests)."
-            )
+    if (_env_flag("ACCELERATE_USE_FSDP") and accelerator.num_processes > 1
+            and accelerator.distributed_type != DistributedType.FSDP):
+        # only reached with POSTTRAIN_FSDP_ON_CPU=1: accelerate's own FSDP2 path, on gloo
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables of the config
         if mixed_precision != "no":
             plugin.set_mixed_precision(mixed_precision)
+        from accelerate import PartialState
+
+        # both states: AcceleratorState re-reads the process state when it is asked again
+        PartialState().distributed_type = DistributedType.FSDP
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     return accelerator
@@ -200,3 +212,22 @@ def no_split_modules(*models: nn.Module) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
+
+
+def is_deepspeed(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def deepspeed_backward(engine: Any, loss: torch.Tensor, last: bool) -> None:
+    """Backward under DeepSpeed, with the loop's own accumulation: the engine must not divide
+    the loss by its gradient_accumulation_steps (our shares are already normalised by the
+    whole step) and must step exactly after the step's last micro-batch (``last``), also when a
+    ragged step has fewer micro-batches. EXPERIMENTAL: written against DeepSpeed's documented
+    engine API (set_gradient_accumulation_boundary, backward(scale_wrt_gas=...), step); not run
+    here, as ZeRO needs CUDA."""
+    engine.set_gradient_accumulation_boundary(last)
+    engine.backward(loss, scale_wrt_gas=False)
+    if last:
+        engine.step()  # clips (the config's gradient_clipping), steps AdamW, zeroes grads
