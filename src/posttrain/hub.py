@@ -159,19 +159,21 @@ def _ensure_built(alias: str, folder: Path) -> Path:
 
 @contextlib.contextmanager
 def _build_lock(folder: Path):
-    """An exclusive lock file next to ``folder`` (POSIX ``flock``; elsewhere no lock, and the
-    atomic rename in ``_publish`` still keeps a half-written build invisible)."""
+    """An exclusive lock on the cache folder itself (POSIX ``flock`` on its directory: no lock
+    file left behind). Elsewhere no lock; the atomic rename in ``_publish`` still keeps a
+    half-written build invisible."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(folder.with_name(f".{folder.name}.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = os.open(folder.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _publish(tmp: Path, folder: Path) -> None:
