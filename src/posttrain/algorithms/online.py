@@ -48,11 +48,16 @@ from posttrain.ops.advantages import (
     rloo_advantages,
     zero_std_groups,
 )
-from posttrain.ops.policy import aggregate_token_loss, clipped_surrogate, kl_estimate
+from posttrain.ops.policy import (
+    aggregate_token_loss,
+    clipped_surrogate,
+    kl_estimate,
+    truncated_importance_weights,
+)
 from posttrain.rewards.combine import RewardOutput
 from posttrain.rewards.loading import load_reward_set
+from posttrain.rollout.backends import make_generator
 from posttrain.rollout.base import Rollout, SamplingParams, encode_prompts, merge_rollouts
-from posttrain.rollout.hf import HFGenerator
 from posttrain.train.batching import split_micro, step_indices
 from posttrain.train.distributed import (
     all_gather_objects,
@@ -105,9 +110,15 @@ class OnlineRL:
             reference = load_causal_lm(config.model, config.dtype, config.attn_implementation,
                                        config.trust_remote_code)
             self.reference = TokenLogprobs(reference.eval().requires_grad_(False))
-        self.generator = HFGenerator(self.policy, self.tokenizer,
-                                     max_batch_rows=config.generation_batch_rows)
+        self.generator = make_generator(config, self.policy, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
+
+    @property
+    def sampler_is_exact(self) -> bool:
+        """The sampler's log-probs are the trainer's own forward (hf backend, no autocast):
+        they may stand in for pi_old, and no importance-sampling correction is needed."""
+        exact = getattr(self.generator, "exact_sampler", False)
+        return exact and self.config.mixed_precision == "no"
 
     def needs_reference(self) -> bool:
         """Whether pi_ref log-probs are needed (a reference model is loaded unless LoRA)."""
@@ -179,6 +190,7 @@ class OnlineRL:
         mine = list(range(here.rank, len(examples), here.world))  # whole groups per process
         t0 = time.time()
         with self.generation_weights():
+            self.generator.update_weights(self.policy)  # vllm: the latest step's weights
             local = self.sample([examples[p].prompt for p in mine], params,
                                 seeds=[params.seed * 7919 + p for p in mine])
         t1 = time.time()
@@ -370,6 +382,8 @@ class OnlineRL:
             "clip_ratio/low": stat(clipped_low.float(), mask),
             "clip_ratio/high": stat(clipped_high.float(), mask),
         }
+        per_token, sampler_metrics = self.correct_for_sampler(per_token, old, mb, mask)
+        metrics.update(sampler_metrics)
         kl_coef = self.kl_loss_coef()
         if kl_coef > 0:
             kl = kl_estimate(logprobs, mb["ref_logprobs"].to(self.device), c.kl_estimator)
@@ -386,6 +400,21 @@ class OnlineRL:
         )
         extra, extra_metrics = self.extra_loss(mb, step_batch, logprobs, *extras)
         return loss + extra, {**metrics, **extra_metrics}
+
+    def correct_for_sampler(self, per_token: torch.Tensor, old: torch.Tensor, mb: dict,
+                            mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Log how far the sampler's log-probs are from the trainer's pi_old, every step; when
+        the sampler is not exact (paged, vllm, autocast), weight the policy loss by truncated
+        importance sampling (``ops.policy.truncated_importance_weights``)."""
+        sampler = mb["sampler_logprobs"].to(self.device)  # [B, C]
+        metrics = {"sampler/logprob_diff": stat((old - sampler).abs(), mask)}
+        c = self.config
+        if self.sampler_is_exact or not c.importance_sampling_correction:
+            return per_token, metrics
+        weights = truncated_importance_weights(old, sampler, c.importance_sampling_cap)  # [B, C]
+        metrics["sampler/is_weight"] = stat(weights, mask)
+        metrics["sampler/is_capped"] = stat((weights >= c.importance_sampling_cap).float(), mask)
+        return per_token * weights, metrics
 
     def old_logprobs(self, mb: dict, logprobs: torch.Tensor) -> torch.Tensor:
         """pi_old log-probs [B, C] on the training device: the ones scored (or sampled) before

@@ -56,6 +56,31 @@ class OnlineRLConfig(TrainConfig):
     generation_batch_rows: int | None = option(
         None, "At most this many completions decode together (bounds memory); None = all."
     )
+    rollout_backend: Literal["hf", "paged", "vllm"] = option(
+        "hf",
+        "Generation engine: hf = posttrain's decode loop (exact sampler log-probs, per-prompt "
+        "seeds; best on CPU); paged = transformers' continuous batching (generate_batch, paged "
+        "attention, CUDA graphs on GPU); vllm = a colocated vLLM engine (experimental, "
+        "pip install 'posttrain[vllm]'). See docs/distributed.md.",
+    )
+    importance_sampling_correction: bool = option(
+        True,
+        "When the sampler's log-probs are not the trainer's (paged, vllm, or mixed_precision "
+        "training), weight each token's policy loss by min(pi_old / pi_sampler, cap) "
+        "(truncated importance sampling). The mismatch is logged either way.",
+    )
+    importance_sampling_cap: float = option(
+        3.0, "The cap C of truncated importance sampling (>= 1)."
+    )
+    vllm_gpu_memory_utilization: float = option(
+        0.3, "vllm: fraction of GPU memory the colocated engine may take (weights + KV cache)."
+    )
+    vllm_max_model_len: int | None = option(
+        None, "vllm: longest prompt + completion the engine plans for (None = the model's)."
+    )
+    vllm_sleep: bool = option(
+        True, "vllm: release the engine's memory between rollouts (sleep level 2, wake per round)."
+    )
     # --- the objective -----------------------------------------------------------------
     advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = option(
         "grpo",
@@ -133,5 +158,13 @@ class OnlineRLConfig(TrainConfig):
             )
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for RL sampling (0 would be greedy).")
+        if self.importance_sampling_cap < 1.0:
+            raise ConfigError(
+                f"importance_sampling_cap={self.importance_sampling_cap}: the cap of "
+                "min(pi_old / pi_sampler, cap) must be >= 1 (3 is a common value)."
+            )
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError("vllm_gpu_memory_utilization must be in (0, 1], got "
+                              f"{self.vllm_gpu_memory_utilization}.")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ConfigError("epsilon_high must be >= epsilon (it widens the upper clip).")

@@ -247,7 +247,8 @@ class PPO(OnlineRL):
         backend matches a fresh forward to 1e-4, tests/test_rollout.py). Saves one policy
         forward pass over the round; the step's ratio is then exactly 1 (old = logprobs.detach())."""
         c = self.config
-        return self.steps_per_round == 1 and c.top_k == 0 and c.top_p == 1.0
+        exact = self.sampler_is_exact  # hf backend, no autocast: the trainer's own numbers
+        return exact and self.steps_per_round == 1 and c.top_k == 0 and c.top_p == 1.0
 
     def estimate_advantages(self, data: RoundData) -> torch.Tensor:
         """GAE advantages [N, C] on KL-shaped token rewards; fills data.token_data."""

@@ -109,6 +109,34 @@ def clipped_surrogate(
     return SurrogateLoss(per_token_loss, is_clipped_low, is_clipped_high)
 
 
+def truncated_importance_weights(
+    trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance sampling (TIS) for a sampler that is not the trainer's forward
+    (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL
+    Training"; also Espeholt et al. 2018's truncated IS):
+
+        w_t = min( pi_old(a_t | s_t) / pi_sampler(a_t | s_t), C ) = min(exp(old_t - sampler_t), C)
+
+    Tokens were drawn from pi_sampler (vLLM, a paged kernel, a bf16 engine), while the PPO /
+    GRPO ratio is taken against the trainer's pi_old; multiplying each token's policy loss by
+    w_t (detached) makes the gradient an estimate under pi_old again, and the cap C bounds the
+    variance that a token the sampler found much less likely than the trainer would add.
+
+    trainer_logprobs, sampler_logprobs: [B, T] -> weights [B, T] (no gradient). 1 where the
+    two agree exactly.
+    """
+    if trainer_logprobs.shape != sampler_logprobs.shape:
+        raise ValueError(
+            f"truncated_importance_weights: trainer {tuple(trainer_logprobs.shape)} and sampler "
+            f"{tuple(sampler_logprobs.shape)} log-probs must have the same shape [B, T]."
+        )
+    if not cap >= 1.0:
+        raise ValueError(f"truncated_importance_weights: cap must be >= 1 (e.g. 3), got {cap}.")
+    log_ratio = (trainer_logprobs - sampler_logprobs).detach()
+    return torch.exp(log_ratio).clamp(max=cap)
+
+
 def aggregate_token_loss(
     per_token_loss: torch.Tensor,
     mask: torch.Tensor,

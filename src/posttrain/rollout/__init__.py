@@ -1,2 +1,3 @@
-"""Generation for online RL and evaluation: ``base`` (the interface) and ``hf`` (Hugging Face
-backend). A vLLM backend will implement the same ``Generator`` protocol."""
+"""Generation for online RL and evaluation: ``base`` (the ``Generator`` interface and the
+rollout layout) and three backends chosen by ``rollout_backend`` (``backends.py``): ``hf`` (our
+decode loop), ``paged`` (transformers' continuous batching) and ``vllm`` (experimental)."""

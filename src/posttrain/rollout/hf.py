@@ -104,6 +104,10 @@ class HFGenerator:
         finishes) measured fastest on CPU and GPU (benchmarks/generation.py); >1 never compacts.
     """
 
+    # its log-probs are the trainer's own forward (to 1e-4, tests/test_rollout.py), so online RL
+    # may use them as pi_old and needs no importance-sampling correction
+    exact_sampler = True
+
     def __init__(
         self,
         model: torch.nn.Module,
