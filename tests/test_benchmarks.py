@@ -103,3 +103,20 @@ def test_rl_compare_command_line_runs_a_child_process(compare_bench, capsys, tmp
     assert rows == ["algorithm", "ppo"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "grpo:hf"])
+def test_gpu_check_workloads_run_on_cpu(kind, tmp_path):
+    """The GPU check's workloads, at dry-run size on random:tiny (the paged backend's own
+    tests live in test_rollout_backends.py)."""
+    from posttrain.train import loop
+
+    gpu_check = load_benchmark("gpu_check")
+    checkpoint = loop._checkpoint
+    result = gpu_check.run(kind, "dry", tmp_path)
+    assert loop._checkpoint is checkpoint
+    assert result["steps"] >= 1 and result["s/step"] > 0 and result["peak GB"] > 0
+    key = {"sft": "tokens/s", "dpo": "pairs/s", "grpo:hf": "completions/s"}[kind]
+    assert result[key] > 0
+    if kind == "sft":
+        assert result["TFLOP/s"] > 0 and result["MFU %"] == "n/a"  # no GPU peak on CPU
