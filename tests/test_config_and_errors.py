@@ -92,7 +92,7 @@ def test_bad_sft_rows(row, message):
     ({"prompt": "q", "chosen": "", "rejected": "b"}, "field `chosen` is empty"),
     ({"chosen": [{"role": "user", "content": "x"}], "rejected": [{"role": "user", "content": "y"}]},
      "share no opening messages"),
-    ({"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}, "`margin` must be a number"),
+    ({"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}, "`margin` must be a finite number"),
 ])
 def test_bad_preference_rows(row, message):
     with pytest.raises(DataError, match=message):

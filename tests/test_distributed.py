@@ -205,15 +205,17 @@ def test_checkpoints_resume_across_world_sizes(data, tmp_path):
                  f"output_dir={work / 'whole'}"], work)
     # 2 -> 1
     torchrun(2, ["sft", *args, "max_steps=2", f"output_dir={work / 'a'}"], work)
-    refused = torchrun(1, ["sft", *args, "max_steps=4", f"output_dir={work / 'a'}", "--resume"],
+    # (max_steps differs from the first part: allow_config_change)
+    args_more = [*args, "max_steps=4", "allow_config_change=true"]
+    refused = torchrun(1, ["sft", *args_more, f"output_dir={work / 'a'}", "--resume"],
                        work, expect=1)  # torchrun: a worker exited 2
     assert "examples per optimiser step" in refused.stderr and "double it" in refused.stderr
-    one_process(["sft", *args, "gradient_accumulation_steps=2", "max_steps=4",
+    one_process(["sft", *args_more, "gradient_accumulation_steps=2",
                  f"output_dir={work / 'a'}", "--resume"], work)
     # 1 -> 2
     one_process(["sft", *args, "gradient_accumulation_steps=2", "max_steps=2",
                  f"output_dir={work / 'b'}"], work)
-    torchrun(2, ["sft", *args, "max_steps=4", f"output_dir={work / 'b'}", "--resume"], work)
+    torchrun(2, ["sft", *args_more, f"output_dir={work / 'b'}", "--resume"], work)
     for resumed in ("a", "b"):
         assert losses(work / resumed) == pytest.approx(losses(work / "whole"), rel=1e-5)
         assert_same_weights(work / resumed, work / "whole")
@@ -260,7 +262,8 @@ def test_fsdp2_on_cpu_matches_one_process_and_saves_a_plain_folder(algorithm, da
 
         AutoModelForCausalLM.from_pretrained(work / "sharded")
         one_process([algorithm, *COMMON, *args, *one_extra, "max_steps=4",
-                     f"output_dir={work / 'sharded'}", "--resume"], work)
+                     "allow_config_change=true", f"output_dir={work / 'sharded'}", "--resume"],
+                    work)
         assert len(losses(work / "sharded")) == 4
 
 

@@ -102,6 +102,8 @@ def test_accumulation_1x8_equals_8x1(prompts_file, tmp_path, tiny_tokenizer, los
 
 def test_skip_zero_std_groups_drops_flat_groups(prompts_file, tmp_path):
     def first_group_flat(prompts, completions, completion_ids, **_):
+        if len(completions) == 1:  # the check before training: one row
+            return [0.0]
         return [0.0] * 4 + [float(i) for i in range(4)]
 
     algorithm = make(prompts_file, tmp_path, rewards=(first_group_flat,),
@@ -134,8 +136,19 @@ def test_reward_error_names_the_function(prompts_file, tmp_path):
     def broken(prompts, completions, completion_ids, **_):
         raise KeyError("answer_text")
 
-    algorithm = make(prompts_file, tmp_path, rewards=(broken,))
-    with pytest.raises(RewardError, match="broken"):
+    with pytest.raises(RewardError, match="broken.*before training"):
+        make(prompts_file, tmp_path, rewards=(broken,))  # checked before any model loads
+
+    calls = []
+
+    def broken_later(prompts, completions, completion_ids, **_):
+        calls.append(len(completions))
+        if len(calls) > 1:
+            raise KeyError("answer_text")
+        return [0.0] * len(completions)
+
+    algorithm = make(prompts_file, tmp_path, rewards=(broken_later,))
+    with pytest.raises(RewardError, match=r"broken_later.*KeyError.*starting at row"):
         first_round(algorithm)
 
 

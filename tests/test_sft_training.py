@@ -112,7 +112,9 @@ def test_kill_and_resume_gives_the_same_weights(memorise_data, tmp_path):
     algorithm.loss = crashing_loss
     with pytest.raises(Crash):
         train(algorithm)
-    assert (resumed / "checkpoints" / "step-000003" / "state.json").exists()
+    # the periodic checkpoint, and the one written as the crash stopped the run after step 4
+    assert (resumed / "checkpoints" / "step-000003" / "manifest.json").exists()
+    assert (resumed / "checkpoints" / "step-000004" / "manifest.json").exists()
     assert not (resumed / "model.safetensors").exists()
     with pytest.raises(Exception, match="already has checkpoints"):
         train(SFT(make_config(memorise_data, resumed, **common)))

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
+from posttrain.train.guards import TrainingStopped
 
 # sub-command -> (module, config class, algorithm class, one-line help)
 TRAINERS = {
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(describe_aliases())
             return 0
+    except TrainingStopped as err:
+        command = " ".join(["posttrain", *(argv if argv is not None else sys.argv[1:])])
+        resume = "" if "--resume" in command else " --resume"
+        print(f"posttrain {args.command}: {err}\nresume with: {command}{resume}", file=sys.stderr)
+        return 128 + err.signum
     except PosttrainError as err:
         print(f"posttrain {args.command}: error: {err}", file=sys.stderr)
         return 2

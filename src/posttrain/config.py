@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -110,6 +111,12 @@ class TrainConfig:
     resume: bool = option(
         False, "Continue from the newest checkpoint in output_dir/checkpoints (--resume)."
     )
+    allow_config_change: bool = option(
+        False,
+        "Resume even though the config differs from the checkpoint's (the differences are "
+        "printed); without it such a resume stops. Logging, evaluation and checkpoint cadence "
+        "may always change.",
+    )
     report_to: list[str] = option([], "Extra metric sinks: 'tensorboard' and/or 'wandb'.")
     run_name: str | None = option(None, "Name for wandb/tensorboard; default: output_dir's name.")
     progress: bool = option(True, "Show a progress bar with ETA on the console.")
@@ -118,14 +125,34 @@ class TrainConfig:
         """Cross-field checks that types alone cannot express. Subclasses extend this."""
         if not self.train_data:
             raise ConfigError("train_data is empty: give a data file or `hf:org/name`.")
-        positive = ["per_device_batch_size", "gradient_accumulation_steps", "max_length"]
+        if not str(self.output_dir).strip():
+            raise ConfigError("output_dir is empty: give a folder for the model, checkpoints "
+                              "and metrics (it would otherwise write into the current folder).")
+        positive = ["per_device_batch_size", "gradient_accumulation_steps", "max_length",
+                    "logging_steps"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.learning_rate < 0:
-            raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}.")
+        for name in ("save_steps", "eval_steps", "warmup_steps", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}.")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps must be >= 1, or -1 to train num_epochs epochs; got "
+                              f"{self.max_steps}.")
+        if self.max_steps == -1 and not (math.isfinite(self.num_epochs) and self.num_epochs > 0):
+            raise ConfigError(f"num_epochs must be > 0 (fractions allowed), got {self.num_epochs}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1 (or null for all rows), got "
+                              f"{self.max_samples}.")
         unknown_sinks = set(self.report_to) - {"tensorboard", "wandb"}
         if unknown_sinks:
             raise ConfigError(

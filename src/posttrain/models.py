@@ -82,6 +82,12 @@ def load_policy(config: TrainConfig, tokenizer=None):
     )
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and config.max_length > positions:
+        raise ConfigError(
+            f"max_length={config.max_length} is longer than {config.model}'s "
+            f"{positions} positions: set max_length <= {positions}."
+        )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

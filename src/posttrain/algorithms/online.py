@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ import torch
 from posttrain.algorithms.online_config import OnlineRLConfig
 from posttrain.data.formats import to_prompt_example, validate_rows
 from posttrain.data.loading import load_rows
+from posttrain.errors import DataError, RewardError
 from posttrain.models import is_peft, load_causal_lm, load_policy, load_tokenizer, save_model
 from posttrain.ops.advantages import (
     group_advantages,
@@ -97,12 +99,17 @@ class OnlineRL:
     def __init__(self, config: OnlineRLConfig, model=None, tokenizer=None, reward_functions=None):
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model)
-        self.rewards = load_reward_set(reward_functions or config.rewards, config.reward_weights)
+        self.rewards = load_reward_set(reward_functions or config.rewards, config.reward_weights,
+                                       config.reward_timeout_s, config.reward_on_error)
         self.prompts = self._load_prompts(config.train_data, config.train_split, config.max_samples)
         self.eval_prompts = (
             self._load_prompts(config.eval_data, config.eval_split, config.eval_max_samples)
             if config.eval_data else []
         )
+        for examples, spec in ((self.prompts, config.train_data),
+                               (self.eval_prompts, config.eval_data)):
+            check_rewards(self.rewards, examples, spec)  # before any model loads
+        self.rounds_without_reward = 0
         self.model = model if model is not None else load_policy(config, self.tokenizer)
         self.policy = self.model  # what samples; PPO's ``model`` also holds a critic
         self.reference = None
@@ -138,7 +145,23 @@ class OnlineRL:
             for example in examples:
                 if example.prompt[0]["role"] != "system":
                     example.prompt.insert(0, {"role": "system", "content": c.system_prompt})
-        return examples
+        return self._fitting(examples, rows.locations, spec)
+
+    def _fitting(self, examples: list, locations: list[str], spec: str) -> list:
+        """Prompts whose tokens leave room for max_new_tokens within max_length. Longer ones are
+        dropped with one warning that counts them (a prompt longer than the model's positions
+        would otherwise fail, or silently degrade, deep inside generation)."""
+        room = self.config.max_length - self.config.max_new_tokens
+        lengths = [len(ids) for ids in encode_prompts(self.tokenizer, [e.prompt for e in examples])]
+        kept = [e for e, n in zip(examples, lengths) if n <= room]
+        if len(kept) < len(examples):
+            dropped = [where for where, n in zip(locations, lengths) if n > room]
+            message = (f"{spec}: {len(dropped)} of {len(examples)} prompts are longer than "
+                       f"max_length - max_new_tokens = {room} tokens (first: {dropped[0]}); ")
+            if not kept:
+                raise DataError(message + "none is left: raise max_length.")
+            warnings.warn(message + "they are left out.", stacklevel=3)
+        return kept
 
     # --- batch semantics ----------------------------------------------------------------
     @property
@@ -207,6 +230,7 @@ class OnlineRL:
         parts = all_gather_objects((mine, local, scored))
         rollout, order = merge_rollouts([(positions, r) for positions, r, _ in parts])
         scored = _merge_scores([part[2] for part in parts], order)
+        self.watch_for_missing_rewards(scored, round_index)
         rewards = torch.tensor(scored.totals, dtype=torch.float32)  # [N]
 
         # [N / G] bool; PPO may sample one completion per prompt: no groups then
@@ -236,6 +260,23 @@ class OnlineRL:
         """Context in which the policy's weights are whole on this process (a collective
         gather under FSDP / ZeRO-3, entered by every process; nothing otherwise)."""
         return gathered_for_generation(getattr(self, "wrapped", None))
+
+    def watch_for_missing_rewards(self, scored: RewardOutput, round_index: int) -> None:
+        """A round where no function gave any value trains on nothing: warn, and stop after
+        ``max_rounds_without_reward`` such rounds in a row."""
+        if scored.totals and scored.all_none_rows < len(scored.totals):
+            self.rounds_without_reward = 0
+            return
+        self.rounds_without_reward += 1
+        limit = self.config.max_rounds_without_reward
+        message = (f"round {round_index}: no reward function returned a value for any of the "
+                   f"{len(scored.totals)} completions ({self.rounds_without_reward} round(s) in "
+                   "a row); check that the data has the columns the rewards read "
+                   f"(functions: {self.rewards.names})")
+        if self.rounds_without_reward >= limit:
+            raise RewardError(message + f"; stopping after {limit} rounds "
+                              "(max_rounds_without_reward).")
+        warnings.warn(message, stacklevel=2)
 
     def sample(self, prompts: list, params: SamplingParams,
                seeds: list[int] | None = None) -> Rollout:
@@ -474,6 +515,21 @@ class OnlineRL:
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
 
+def check_rewards(rewards, examples: list, spec: str | None) -> None:
+    """Every reward function, called once on the first row of ``spec`` with an empty completion,
+    and every row given to functions that check rows themselves (``validate_rows``)."""
+    if not examples:
+        return
+    first = examples[0]
+    rewards.check(first.prompt, first.columns, f"the first row of {spec}")
+    keys = sorted({k for e in examples for k in e.columns})
+    columns = {k: [e.columns.get(k) for e in examples] for k in keys}
+    for fn in rewards.functions:
+        validate = getattr(fn, "validate_rows", None)  # an optional protocol of reward objects
+        if callable(validate):
+            validate(columns, [f"{spec}, prompt {i}" for i in range(len(examples))])
+
+
 def _merge_scores(parts: list[RewardOutput], order: list[tuple[int, int]]) -> RewardOutput:
     """The processes' reward outputs in the merged rollout's row order (see merge_rollouts)."""
     names = list(parts[0].per_function)
@@ -483,4 +539,6 @@ def _merge_scores(parts: list[RewardOutput], order: list[tuple[int, int]]) -> Re
                       for name in names},
         all_none_rows=sum(part.all_none_rows for part in parts),
         weights=parts[0].weights,
+        errors={name: sum(part.errors.get(name, 0) for part in parts)
+                for name in {n for part in parts for n in part.errors}},
     )

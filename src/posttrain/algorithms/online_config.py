@@ -34,6 +34,18 @@ class OnlineRLConfig(TrainConfig):
         "{name: ..., weight: ..., <options>}.",
     )
     reward_weights: list[float] | None = option(None, "One weight per reward (default 1 each).")
+    reward_timeout_s: float | None = option(
+        300.0, "A reward call that runs longer is a fault (see reward_on_error); null = no limit."
+    )
+    reward_on_error: Literal["raise", "zero", "skip"] = option(
+        "raise",
+        "What a reward fault (exception, sys.exit, timeout, a bad value) does: raise = stop "
+        "with the function and rows named; zero = 0.0 for that function on the batch; skip = "
+        "None (not applicable). Faults are counted as rewards/<name>/errors.",
+    )
+    max_rounds_without_reward: int = option(
+        3, "Stop when this many rounds in a row got no value from any reward function."
+    )
     prompt_column: str = option(
         "prompt", "Column holding the prompt (e.g. `question` for GSM8K); text or messages."
     )
@@ -130,6 +142,28 @@ class OnlineRLConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.reward_timeout_s is not None and not self.reward_timeout_s > 0:
+            raise ConfigError(f"reward_timeout_s must be > 0 (or null), got {self.reward_timeout_s}.")
+        for name in ("prompts_per_step", "num_iterations", "max_new_tokens", "eval_batch_size",
+                     "max_rounds_without_reward"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.generation_batch_rows is not None and self.generation_batch_rows < 1:
+            raise ConfigError("generation_batch_rows must be >= 1 (or null for all), got "
+                              f"{self.generation_batch_rows}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}.")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
+        if not self.beta >= 0:
+            raise ConfigError(f"beta (the KL weight) must be >= 0, got {self.beta}.")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ConfigError(f"epsilon (the clip range) must be in (0, 1), e.g. 0.2; got "
+                              f"{self.epsilon}.")
+        if self.max_new_tokens >= self.max_length:
+            raise ConfigError(
+                f"max_new_tokens={self.max_new_tokens} leaves no room for the prompt in "
+                f"max_length={self.max_length} (prompt + completion tokens); raise max_length.")
         if self.num_generations < self.min_generations:
             raise ConfigError(
                 f"num_generations={self.num_generations}: group baselines need at least 2 "

@@ -15,6 +15,7 @@ raises :class:`DataError` naming the row's location and the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,8 +137,9 @@ def to_preference_example(row: dict, where: str) -> PreferenceExample:
     if chosen == rejected:
         raise DataError(f"{where}: `chosen` and `rejected` are identical; nothing to prefer.")
     margin = row.get("margin")
-    if margin is not None and not isinstance(margin, (int, float)):
-        raise DataError(f"{where}: `margin` must be a number, got {margin!r}.")
+    if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool)
+                               or not math.isfinite(margin)):
+        raise DataError(f"{where}: `margin` must be a finite number, got {margin!r}.")
     return PreferenceExample(prompt, chosen, rejected, margin)
 
 

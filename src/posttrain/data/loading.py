@@ -57,11 +57,12 @@ def load_rows(spec: str, split: str = "train", subset: str | None = None) -> Row
 
 def _load_jsonl(path: Path) -> Rows:
     rows, locations = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path}, line {line_number}"
+            line = _decode(raw, where)
             if not line.strip():
                 continue
-            where = f"{path}, line {line_number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -77,9 +78,23 @@ def _load_jsonl(path: Path) -> Rows:
     return Rows(rows, locations, str(path))
 
 
-def _load_json(path: Path) -> Rows:
+def _decode(raw: bytes, where: str) -> str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: not valid UTF-8 (byte {err.start + 1} of the line: "
+                        f"{raw[err.start:err.start + 1]!r}); save the file as UTF-8.") from None
+
+
+def _load_json(path: Path) -> Rows:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8; save the file as UTF-8.") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):

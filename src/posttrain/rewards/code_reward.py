@@ -105,14 +105,17 @@ class CodeReward:
         self.max_output_bytes = max_output_bytes
         self.unsafe_no_isolation = unsafe_no_isolation
 
-    def check_tests(self, tests: str | Sequence[str] | None, where: str = "") -> None:
-        """Raise ``RewardError`` if ``tests`` cannot be judged outside the sandbox."""
-        if tests is None:
-            return
-        try:
-            compile_tests(split_tests(tests))
-        except UnsupportedTest as err:
-            raise RewardError(f"code reward{where}: {err}") from None
+    def validate_rows(self, columns: dict[str, list], locations: list[str]) -> None:
+        """Before training: every row's ``tests`` can be judged outside the sandbox (else a
+        ``RewardError`` naming the row and the test), and the sandbox can run here."""
+        for tests, where in zip(columns.get("tests", []), locations):
+            if tests is None:
+                continue
+            try:
+                compile_tests(split_tests(tests))
+            except UnsupportedTest as err:
+                raise RewardError(f"code reward, {where}: {err}") from None
+        check_sandbox(unsafe_no_isolation=self.unsafe_no_isolation)
 
     def score_one(self, completion: str, tests: str | Sequence[str] | None,
                   where: str = "") -> float | None:
@@ -122,13 +125,13 @@ class CodeReward:
         cases = split_tests(tests)
         if not cases:
             return None
+        code = extract_code(completion)
+        if not code.strip():
+            return 0.0
         try:
             probes, checks = compile_tests(cases)
         except UnsupportedTest as err:
             raise RewardError(f"code reward{where}: {err}") from None
-        code = extract_code(completion)
-        if not code.strip():
-            return 0.0
         token = secrets.token_hex(16)
         program = harness_program(code, probes, token, self.per_test_s)
         result = run_python_sandboxed(

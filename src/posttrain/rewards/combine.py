@@ -1,21 +1,31 @@
 """Combine several reward functions into one weighted total per completion.
 
-Every function's output is checked before it touches training: a wrong length, a string, a NaN
-or an exception becomes a ``RewardError`` that names the function and the row, instead of a
-silently shifted batch or a NaN loss many steps later. ``None`` means "does not apply to this row"
-(e.g. a math reward on a code prompt) and contributes nothing to the weighted sum.
+Every function's output is checked before it touches training: a wrong length, a string, a NaN,
+a value too large for float32 statistics, an exception (``sys.exit`` included) or a call that
+outlives ``timeout_s`` becomes a fault that names the function and the rows, instead of a
+silently shifted batch, a NaN loss many steps later or a hung run. ``on_error`` says what a fault
+does: ``raise`` (stop with a ``RewardError``), ``zero`` (the batch gets 0.0 from that function)
+or ``skip`` (None: the function does not apply to the batch); faults are counted in the metrics
+(``rewards/<name>/errors``). ``None`` means "does not apply to this row" (e.g. a math reward on a
+code prompt) and contributes nothing to the weighted sum. ``check`` calls every function once on
+one row before training, so a wrong signature or a missing column fails before any model loads.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from posttrain.errors import RewardError
 
 RewardFn = Callable[..., Sequence]
+MAX_ABS_REWARD = 1e9  # beyond it, float32 group statistics (squares) overflow
+ON_ERROR = ("raise", "zero", "skip")
 
 
 def reward_name(fn: Callable) -> str:
@@ -31,6 +41,7 @@ class RewardOutput:
     per_function: dict[str, list[float | None]]
     all_none_rows: int = 0  # rows where every function returned None (total set to 0.0)
     weights: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # faulted calls per function
 
     def metrics(self) -> dict[str, float]:
         """``rewards/<name>/mean`` and ``/std`` over the rows where the function applied (std
@@ -44,6 +55,8 @@ class RewardOutput:
                 out[f"rewards/{name}/std"] = math.sqrt(
                     sum((v - mean) ** 2 for v in present) / len(present))
         out["rewards/all_none_rows"] = float(self.all_none_rows)
+        for name, count in self.errors.items():
+            out[f"rewards/{name}/errors"] = float(count)
         return out
 
 
@@ -62,7 +75,15 @@ class RewardSet:
         functions: Sequence[RewardFn] | Mapping[str, RewardFn],
         weights: Sequence[float] | Mapping[str, float] | None = None,
         names: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        on_error: str = "raise",
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise RewardError(f"on_error={on_error!r}: choose one of {list(ON_ERROR)}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise RewardError(f"reward timeout_s must be > 0 (or None), got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.on_error = on_error
         if isinstance(functions, Mapping):
             named = list(functions.items())
         else:
@@ -125,16 +146,21 @@ class RewardSet:
                 raise RewardError(f"reward input {key!r} has {len(values)} rows but there are "
                                   f"{n} completions")
         per_function: dict[str, list[float | None]] = {}
+        errors: dict[str, int] = {}
+        first = f"row {ids[0]}" if ids else "an empty batch"
         for name, fn in zip(self.names, self.functions):
             try:
-                raw = fn(prompts, completions, completion_ids, **columns)
-            except Exception as exc:
-                first = f"row {ids[0]}" if ids else "an empty batch"
-                raise RewardError(
-                    f"reward function {name!r} raised {type(exc).__name__}: {exc} (batch of {n} "
-                    f"rows starting at {first}; columns given: {sorted(columns)})"
-                ) from exc
-            per_function[name] = _validate(name, raw, n, ids)
+                raw = self._call(name, fn, (prompts, completions, completion_ids), columns)
+                per_function[name] = _validate(name, raw, n, ids)
+            except RewardError as err:
+                if self.on_error == "raise":
+                    raise RewardError(f"{err} (batch of {n} rows starting at {first}; columns "
+                                      f"given: {sorted(columns)})") from err.__cause__
+                errors[name] = errors.get(name, 0) + 1
+                fill = 0.0 if self.on_error == "zero" else None
+                per_function[name] = [fill] * n
+                warnings.warn(f"{err} (batch starting at {first}): counted as {fill} for the "
+                              f"batch (on_error: {self.on_error})", stacklevel=2)
         totals: list[float] = []
         all_none = 0
         for i in range(n):
@@ -145,7 +171,62 @@ class RewardSet:
             totals.append(float(sum(parts)))
         self.all_none_rows += all_none
         weights = dict(zip(self.names, self.weights))
-        return RewardOutput(totals, per_function, all_none_rows=all_none, weights=weights)
+        return RewardOutput(totals, per_function, all_none_rows=all_none, weights=weights,
+                            errors=errors)
+
+    def _call(self, name: str, fn: RewardFn, args: tuple, columns: Mapping) -> object:
+        """One call; a ``RewardError`` if it raises anything (``sys.exit`` included) or runs
+        past ``timeout_s`` (it is then left to finish in a background thread)."""
+        if self.timeout_s is None:
+            try:
+                return fn(*args, **columns)
+            except (Exception, SystemExit) as exc:
+                raise RewardError(_describe(name, exc)) from exc
+        box: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn(*args, **columns)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"reward-{name}", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            raise RewardError(f"reward function {name!r} did not return within "
+                              f"{self.timeout_s:g} s (reward_timeout_s)")
+        error = box.get("error")
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        if isinstance(error, BaseException):
+            raise RewardError(_describe(name, error)) from error
+        return box.get("value")
+
+    def check(self, prompt: object, columns: Mapping[str, object], where: str) -> None:
+        """Before training, on one row (``where`` names it): every function accepts
+        ``(prompts, completions, completion_ids, **columns)`` and returns one valid value
+        for an empty completion. Functions that offer ``validate_rows(columns, locations)``
+        (e.g. the code reward, whose tests must be of a form it can judge) are also given
+        every row by the caller."""
+        one = {key: [value] for key, value in columns.items()}
+        for name, fn in zip(self.names, self.functions):
+            try:
+                inspect.signature(fn).bind([prompt], [""], [[]], **one)
+            except TypeError as err:
+                raise RewardError(
+                    f"reward function {name!r} cannot be called as f(prompts, completions, "
+                    f"completion_ids, **columns) with the columns of {where} "
+                    f"({sorted(columns)}): {err}. Add the missing column to the data, or give "
+                    "the function a default for it."
+                ) from None
+            except ValueError:  # no inspectable signature: the call below decides
+                pass
+            try:
+                _validate(name, self._call(name, fn, ([prompt], [""], [[]]), one), 1, [where])
+            except RewardError as err:
+                raise RewardError(f"{err} (checked on {where} with an empty completion, "
+                                  "before training)") from None
 
     def __call__(
         self, prompts: list, completions: list[str], completion_ids: list[list[int]], **columns
@@ -178,5 +259,16 @@ def _validate(name: str, raw: object, n: int, ids: list[int]) -> list[float | No
         if not math.isfinite(float(v)):
             raise RewardError(f"reward function {name!r} returned {float(v)} for row {ids[i]}: "
                               "rewards must be finite (use None for 'not applicable')")
+        if abs(float(v)) > MAX_ABS_REWARD:
+            raise RewardError(f"reward function {name!r} returned {float(v):g} for row {ids[i]}: "
+                              f"|reward| must be <= {MAX_ABS_REWARD:g} (group statistics are "
+                              "float32); scale it down")
         out.append(float(v))
     return out
+
+
+def _describe(name: str, exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return (f"reward function {name!r} called sys.exit({exc.code!r}): a reward must return "
+                "its values (a training run would otherwise end without saving)")
+    return f"reward function {name!r} raised {type(exc).__name__}: {exc}"

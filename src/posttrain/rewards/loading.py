@@ -58,7 +58,8 @@ def load_reward(spec: str | RewardFn, **options) -> RewardFn:
 
 
 def load_reward_set(
-    specs: Sequence[str | RewardFn | Mapping], weights: Sequence[float] | None = None
+    specs: Sequence[str | RewardFn | Mapping], weights: Sequence[float] | None = None,
+    timeout_s: float | None = None, on_error: str = "raise",
 ) -> RewardSet:
     """A ``RewardSet`` from a list of specs. A mapping spec is ``{"name": spec, "weight": w,
     **options}``; its weight wins over ``weights``. Built-ins are logged under their spec name
@@ -83,7 +84,7 @@ def load_reward_set(
         resolved.append(weight)
         builtin = isinstance(name, str) and name.strip() in BUILTIN_REWARDS
         names.append(name.strip() if builtin else reward_name(functions[-1]))
-    return RewardSet(functions, resolved, names=names)
+    return RewardSet(functions, resolved, names=names, timeout_s=timeout_s, on_error=on_error)
 
 
 def _builtin(name: str, options: dict) -> RewardFn:

@@ -20,8 +20,10 @@ whole data-parallel contract, ``metrics.py`` the statistics, ``sharding.py`` FSD
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
 import math
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,20 +34,28 @@ import torch
 from torch import nn
 
 from posttrain.config import TrainConfig, to_dict
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, PosttrainError
 from posttrain.train.checkpoint import (
+    CheckpointError,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from posttrain.train.distributed import my_share
-from posttrain.train.logging import MetricsLogger
+from posttrain.train.guards import StopRequests, TrainingStopped, weights_finite
+from posttrain.train.logging import MetricsLogger, console
 from posttrain.train.metrics import StepMetrics
 from posttrain.train.optim import build_optimizer, build_scheduler
+from posttrain.train.resume import check_config, check_same_batch, resume_point, truncate_metrics
 from posttrain.train.sharding import deepspeed_backward, is_deepspeed, make_accelerator
 
 MAX_NONFINITE_STEPS = 5
+
+
+class TrainingError(PosttrainError):
+    """Training cannot go on (non-finite losses or weights); the message says what to change."""
 
 
 @dataclass
@@ -98,11 +108,11 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     torch.manual_seed(config.seed)
 
     total_steps = algorithm.total_steps()
-    found = latest_checkpoint(config.output_dir)
-    if found is not None and not config.resume:
+    existing = latest_checkpoint(config.output_dir)
+    if existing is not None and not config.resume:
         raise ConfigError(
-            f"{config.output_dir} already has checkpoints ({found.name}): resume with --resume "
-            "(resume=true), or choose another output_dir."
+            f"{config.output_dir} already has checkpoints ({existing.name}): resume with "
+            "--resume (resume=true), or choose another output_dir."
         )
     wrapped = algorithm.wrap(algorithm.model)  # e.g. TokenLogprobs(model)
     optimizer = build_optimizer(algorithm.model, config)
@@ -110,13 +120,18 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     wrapped, optimizer, scheduler = accelerator.prepare(wrapped, optimizer, scheduler)
     algorithm.attach(wrapped, accelerator)
 
-    start_step = 0
     if accelerator.is_main_process:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    if config.resume and found is not None:
+    say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
+    start_step, found, manifest = 0, None, {}
+    if config.resume:
+        found, manifest = resume_point(config.output_dir, say)
+    if found is not None:
+        check_config(manifest.get("config", {}), to_dict(config), config.allow_config_change,
+                     say, found)
         state = load_checkpoint(found, accelerator, wrapped, optimizer, scheduler)
-        _check_same_batch(state, algorithm, found)
+        check_same_batch(state, getattr(algorithm, "examples_per_step", None), found)
         start_step = state["step"]
         if hasattr(algorithm, "load_state_dict"):
             algorithm.load_state_dict(state.get("algorithm", {}))
@@ -143,111 +158,124 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     engine_steps = is_deepspeed(accelerator)  # DeepSpeed's engine clips and steps itself
     last_metrics: dict[str, float] = {}
     nonfinite_in_a_row = 0
-    step = start_step
+    step = saved_step = start_step
+    step_end_rng = None
+    checkpoint = functools.partial(_checkpoint, accelerator, algorithm, wrapped, optimizer,
+                                   scheduler)
     if config.eval_on_start and start_step == 0:
         logger.log(0, _evaluate(algorithm, wrapped))
     algorithm.model.train()
     batches = algorithm.step_batches(start_step)
     try:
-        while step < total_steps:
-            t_prepare = time.time()
-            step_batch = next(batches, None)
-            if step_batch is None:
-                break
-            prepare_s = time.time() - t_prepare
-            t_train = time.time()
-            mine = my_share(step_batch.micro_batches, rank, world)  # even: padding counts 0
-            sums = StepMetrics()
-            for i, slot in enumerate(mine):
-                sync = i == len(mine) - 1
-                context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
-                with context:
-                    loss_share, metrics = algorithm.loss(wrapped, slot.item, step_batch)
-                    weight = world if slot.real else 0.0
-                    if engine_steps:
-                        deepspeed_backward(wrapped, loss_share * weight, last=sync)
-                    else:
-                        accelerator.backward(loss_share * weight)
-                sums.add(metrics, real=slot.real, loss_share=loss_share.item())
-            step_metrics = {"loss": 0.0, **sums.reduce()}  # over every process: same everywhere
-            if engine_steps:
-                grad_norm = float(wrapped.get_global_grad_norm() or 0.0)
-            else:
-                grad_norm = _clip(accelerator, algorithm.model, config.max_grad_norm)
-            if math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm):
-                if not engine_steps:
-                    optimizer.step()
-                nonfinite_in_a_row = 0
-            else:
-                nonfinite_in_a_row += 1
-                logger.message(f"step {step + 1}: non-finite loss/grad "
-                               f"({step_metrics['loss']}); skipped")
-                if nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
-                    raise RuntimeError(
-                        f"{MAX_NONFINITE_STEPS} optimiser steps in a row had a non-finite loss "
-                        "or gradient: lower learning_rate, check the data, or use float32."
+        with StopRequests() as stops:
+            while step < total_steps:
+                t_prepare = time.time()
+                step_batch = next(batches, None)
+                if step_batch is None:
+                    break
+                prepare_s = time.time() - t_prepare
+                t_train = time.time()
+                mine = my_share(step_batch.micro_batches, rank, world)  # even: padding counts 0
+                sums = StepMetrics()
+                for i, slot in enumerate(mine):
+                    sync = i == len(mine) - 1
+                    context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
+                    with context:
+                        loss_share, metrics = algorithm.loss(wrapped, slot.item, step_batch)
+                        weight = world if slot.real else 0.0
+                        if engine_steps:
+                            deepspeed_backward(wrapped, loss_share * weight, last=sync)
+                        else:
+                            accelerator.backward(loss_share * weight)
+                    sums.add(metrics, real=slot.real, loss_share=loss_share.item())
+                step_metrics = {"loss": 0.0, **sums.reduce()}  # summed over all processes
+                if engine_steps:
+                    grad_norm = float(wrapped.get_global_grad_norm() or 0.0)
+                else:
+                    grad_norm = _clip(accelerator, algorithm.model, config.max_grad_norm)
+                if math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm):
+                    if not engine_steps:
+                        optimizer.step()
+                    nonfinite_in_a_row = 0
+                else:
+                    nonfinite_in_a_row += 1
+                    logger.message(f"step {step + 1}: non-finite loss/grad "
+                                   f"({step_metrics['loss']}); skipped")
+                    if nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
+                        raise TrainingError(
+                            f"{MAX_NONFINITE_STEPS} optimiser steps in a row had a non-finite "
+                            "loss or gradient: lower learning_rate, check the data and the "
+                            "rewards, or use float32."
+                        )
+                if not weights_finite(algorithm.model):
+                    raise TrainingError(
+                        f"step {step + 1} made some weights non-finite (learning_rate "
+                        f"{scheduler.get_last_lr()[0]:g}); they are not saved. Resume from the "
+                        "last checkpoint with a lower learning_rate."
                     )
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                step_end_rng = rng_state()  # for a checkpoint written after a crash mid-step
 
-            step_batch.outcome = {
-                **step_metrics,
-                **step_batch.metrics,
-                "grad_norm": grad_norm,
-                "learning_rate": scheduler.get_last_lr()[0],
-                "time/prepare_s": round(prepare_s, 3),
-                "time/train_s": round(time.time() - t_train, 3),
-            }
-            if step % config.logging_steps == 0 or step == total_steps:
-                last_metrics = step_batch.outcome
-                logger.log(step, last_metrics)
-            else:
-                logger.advance_to(step)
-            if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
-                logger.log(step, _evaluate(algorithm, wrapped))
-            if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step)
-        final_eval = _evaluate(algorithm, wrapped)
+                step_batch.outcome = {
+                    **step_metrics,
+                    **step_batch.metrics,
+                    "grad_norm": grad_norm,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "time/prepare_s": round(prepare_s, 3),
+                    "time/train_s": round(time.time() - t_train, 3),
+                }
+                if step % config.logging_steps == 0 or step == total_steps:
+                    last_metrics = step_batch.outcome
+                    logger.log(step, last_metrics)
+                else:
+                    logger.advance_to(step)
+                if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
+                    logger.log(step, _evaluate(algorithm, wrapped))
+                if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                    checkpoint(step)
+                    saved_step = step
+                signum = stops.requested()
+                if signum and step < total_steps:
+                    checkpoint(step)
+                    raise TrainingStopped(
+                        f"stopped by {signal.Signals(signum).name} after step {step}/"
+                        f"{total_steps}; checkpoint saved in "
+                        f"{checkpoint_dir(config.output_dir, step)}", signum)
+        checkpoint(step)
+        saved_step = step
+        _save(accelerator, algorithm, wrapped)
+        # after the save: a failing final evaluation cannot lose the trained weights
+        final_eval = _final_evaluation(algorithm, wrapped, config.output_dir)
         if final_eval:
             logger.log(step, final_eval)
             last_metrics.update(final_eval)
-        _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step)
-        _save(accelerator, algorithm, wrapped)
+    except (TrainingStopped, CheckpointError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if world == 1 and step > saved_step:  # keep what was trained (one process: no collective)
+            with contextlib.suppress(Exception):
+                checkpoint(step, rng=step_end_rng)
+                logger.message(f"saved a checkpoint of step {step} before stopping; resume "
+                               "with --resume once the cause is fixed")
+        raise
     finally:
         logger.close()
     return last_metrics
 
 
-def truncate_metrics(path: Path, keep_through_step: int) -> None:
-    """Drop logged steps after the step we (re)start from: a killed run may have logged steps
-    beyond its last checkpoint, and they will be logged again."""
-    if not path.exists():
-        return
-    kept = [
-        line for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= keep_through_step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+def _final_evaluation(algorithm: Algorithm, wrapped: nn.Module, output_dir: str) -> dict:
+    try:
+        return _evaluate(algorithm, wrapped)
+    except Exception as err:
+        console.print(f"the final evaluation failed ({type(err).__name__}: {err}); the "
+                      f"trained model is saved in {output_dir}")
+        raise
 
 
-def _check_same_batch(state: dict, algorithm: Algorithm, found: Path) -> None:
-    """A step means the same examples only with the same effective batch; the data position
-    of a resumed run is ``step x examples_per_step``. Other world sizes are fine when the
-    accumulation makes up for them."""
-    saved = state.get("examples_per_step")
-    now = getattr(algorithm, "examples_per_step", None)
-    if saved is None or now is None or saved == now:
-        return
-    raise ConfigError(
-        f"{found} was written with {saved} examples per optimiser step, but this run has "
-        f"{now} (per_device_batch_size x gradient_accumulation_steps x processes). Set "
-        f"gradient_accumulation_steps so that the product is {saved} again: e.g. double it "
-        "when going from 2 processes to 1, halve it when going from 1 to 2."
-    )
-
-
-def _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step: int) -> None:
+def _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step: int,
+                rng: dict | None = None) -> None:
     """A collective call: sharded weights and optimiser states are gathered from every process,
     then process 0 writes them in a layout that resumes on any number of processes."""
     state = {"step": step, "world_size": accelerator.num_processes,
@@ -262,6 +290,8 @@ def _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step: int
         scheduler,
         state,
         keep=algorithm.config.save_total_limit,
+        config=to_dict(algorithm.config),
+        rng=rng,
     )
 
 
