@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the project with its test and offline-model dependencies, then run the whole suite
-# (fast tier + the slow tier that loads the real SmolLM2-135M-Instruct model).
+# (fast tier + the slow tier that loads the real SmolLM2-135M-Instruct model), and, when run as
+# root, the sandbox and reliability tests again as an unprivileged user.
 # torch first: the pinned CPU wheel; otherwise pip may pick a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +13,17 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check src tests benchmarks scripts
 # pytest exits 5 when it collects no test: set -e makes that a failure, as it should be.
 python -m pytest -q "$@"
+# The code sandbox must also hold for a non-root user (its own user namespace instead of a uid
+# switch): the same tests as user `tester`. Only the folders on the way to this interpreter and
+# this checkout are made traversable (o+x), nothing is made readable that was not.
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && command -v useradd >/dev/null; then
+    id tester >/dev/null 2>&1 || useradd -m tester
+    python_bin="$(python -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+    for path in "$python_bin" "$PWD"; do
+        dir="$(dirname "$path")"
+        while [ "$dir" != "/" ]; do chmod o+x "$dir"; dir="$(dirname "$dir")"; done
+    done
+    runuser -u tester -- env HOME=/home/tester OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
+        TOKENIZERS_PARALLELISM=false POSTTRAIN_CACHE=/tmp/posttrain-cache-tester \
+        "$python_bin" -m pytest -q -p no:cacheprovider tests/test_sandbox.py tests/test_reliability.py
+fi

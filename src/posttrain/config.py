@@ -74,7 +74,10 @@ class TrainConfig:
     eval_split: str = option("test", "Split of a hub eval dataset.")
     max_samples: int | None = option(None, "Use only the first N training rows (quick tries).")
     max_length: int = option(
-        1024, "Maximum tokens per example (prompt + response); longer ones are truncated."
+        1024,
+        "Maximum tokens per example (prompt + response): SFT, DPO and reward examples are "
+        "truncated to it; online-RL prompts that leave less than max_new_tokens are left out "
+        "(a warning counts them). At most the model's positions.",
     )
     # --- optimisation --------------------------------------------------------------------
     learning_rate: float = option(2e-5, "Peak AdamW learning rate.")
