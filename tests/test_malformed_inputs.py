@@ -7,10 +7,10 @@ import json
 import math
 
 import pytest
+from conftest import write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write_jsonl
 from posttrain.cli import main
 
 SETTINGS = settings(max_examples=40, deadline=None,
