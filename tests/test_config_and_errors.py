@@ -69,7 +69,8 @@ def test_bad_json_line_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"text": "hi"}, "SFT needs `messages`"),
+    ({"txt": "hi"}, "SFT needs `messages`"),
+    ({"text": " "}, "field `text` must be non-empty"),
     ({"messages": "hi"}, "must be a non-empty list"),
     ({"messages": [{"role": "user"}]}, r"`messages\[0\]` must be an object with `role` and `content`"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "unknown role 'robot'"),

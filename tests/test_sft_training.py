@@ -67,7 +67,7 @@ def test_packing_trains(memorise_data, tmp_path):
 
 
 def test_lora_trains_saves_and_reloads(memorise_data, tmp_path):
-    from peft import AutoPeftModelForCausalLM
+    from posttrain.models import load_trained
 
     out = tmp_path / "lora"
     config = make_config(memorise_data, out, use_lora=True, lora_r=4, lora_alpha=8,
@@ -82,7 +82,10 @@ def test_lora_trains_saves_and_reloads(memorise_data, tmp_path):
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert metrics["loss"] < first - 0.5  # it learns
     ids = torch.tensor([[1, 20, 30, 40, 50]])
-    reloaded = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "random:tiny"  # the name, not a cache path
+    assert (out / "generation_config.json").exists()
+    reloaded = load_trained(out).eval()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)

@@ -3,45 +3,85 @@ PPO, GRPO) from one CLI, YAML recipes, and this Python API.
 
     import posttrain
     posttrain.sft({"model": "smollm2-135m-instruct", "train_data": "data.jsonl"})
+
+Each entry point takes a config (dict, YAML path or config object) and keyword overrides,
+validates them, trains, saves to ``output_dir`` and returns the last logged metrics with the
+final evaluation's (``api.run``). ``posttrain.trainer(name, ...)`` gives the trainer object
+without training it; ``posttrain.Callback`` hooks into steps and evaluations. Config and trainer
+classes are importable from here (``posttrain.SFTConfig``, ``posttrain.GRPO``, ...).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-
-def sft(config, **overrides):
-    """Supervised fine-tuning; ``config`` is an ``SFTConfig`` or a dict of its keys."""
-    from posttrain.algorithms.sft import sft as run
-
-    return run(config, **overrides)
-
-
-def dpo(config, **overrides):
-    """Direct preference optimisation; ``config`` is a ``DPOConfig`` or a dict of its keys."""
-    from posttrain.algorithms.dpo import dpo as run
-
-    return run(config, **overrides)
-
-
-def reward(config, **overrides):
-    """Reward-model training; ``config`` is a ``RewardConfig`` or a dict of its keys."""
-    from posttrain.algorithms.reward import reward as run
-
-    return run(config, **overrides)
+_LAZY = {
+    "SFTConfig": "posttrain.algorithms.sft", "SFT": "posttrain.algorithms.sft",
+    "DPOConfig": "posttrain.algorithms.dpo", "DPO": "posttrain.algorithms.dpo",
+    "RewardConfig": "posttrain.algorithms.reward",
+    "RewardModelTrainer": "posttrain.algorithms.reward",
+    "GRPOConfig": "posttrain.algorithms.grpo", "RLOOConfig": "posttrain.algorithms.grpo",
+    "GRPO": "posttrain.algorithms.grpo",
+    "PPOConfig": "posttrain.algorithms.ppo", "PPO": "posttrain.algorithms.ppo",
+    "Callback": "posttrain.train.trainer", "Trainer": "posttrain.train.trainer",
+    "trainer": "posttrain.api", "make_config": "posttrain.api",
+}
+__all__ = ["sft", "dpo", "reward", "grpo", "rloo", "ppo", *_LAZY]
 
 
-def grpo(config, reward_functions=None, **overrides):
-    """GRPO (or RLOO / REINFORCE++ via ``advantage_estimator``); ``config`` is a
-    ``GRPOConfig`` or a dict of its keys; ``reward_functions`` may be callables."""
-    from posttrain.algorithms.grpo import grpo as run
+def __getattr__(name: str):
+    if name in _LAZY:  # imported on first use: `import posttrain` stays light
+        import importlib
 
-    return run(config, reward_functions=reward_functions, **overrides)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'posttrain' has no attribute {name!r}")
 
 
-def ppo(config, reward_functions=None, **overrides):
-    """PPO with a learned critic (GAE, KL-shaped rewards); ``config`` is a ``PPOConfig`` or a
-    dict of its keys; ``reward_functions`` may be callables."""
-    from posttrain.algorithms.ppo import ppo as run
+def sft(config=None, *, callbacks=(), model=None, tokenizer=None, **overrides):
+    """Supervised fine-tuning (``SFTConfig`` keys)."""
+    from posttrain.api import run
 
-    return run(config, reward_functions=reward_functions, **overrides)
+    return run("sft", config, callbacks=callbacks, model=model, tokenizer=tokenizer, **overrides)
+
+
+def dpo(config=None, *, callbacks=(), model=None, tokenizer=None, **overrides):
+    """Direct preference optimisation (``DPOConfig`` keys)."""
+    from posttrain.api import run
+
+    return run("dpo", config, callbacks=callbacks, model=model, tokenizer=tokenizer, **overrides)
+
+
+def reward(config=None, *, callbacks=(), model=None, tokenizer=None, **overrides):
+    """Reward-model training on preference pairs (``RewardConfig`` keys)."""
+    from posttrain.api import run
+
+    return run("reward", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+               **overrides)
+
+
+def grpo(config=None, *, reward_functions=None, callbacks=(), model=None, tokenizer=None,
+         **overrides):
+    """GRPO (``GRPOConfig`` keys; RLOO / REINFORCE++ through ``advantage_estimator``);
+    ``reward_functions`` (callables) replace the config's ``rewards``."""
+    from posttrain.api import run
+
+    return run("grpo", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+               reward_functions=reward_functions, **overrides)
+
+
+def rloo(config=None, *, reward_functions=None, callbacks=(), model=None, tokenizer=None,
+         **overrides):
+    """RLOO (``RLOOConfig`` keys): leave-one-out baselines."""
+    from posttrain.api import run
+
+    return run("rloo", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+               reward_functions=reward_functions, **overrides)
+
+
+def ppo(config=None, *, reward_functions=None, callbacks=(), model=None, tokenizer=None,
+        **overrides):
+    """PPO with a learned critic (``PPOConfig`` keys)."""
+    from posttrain.api import run
+
+    return run("ppo", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+               reward_functions=reward_functions, **overrides)

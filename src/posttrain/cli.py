@@ -17,30 +17,22 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
+from posttrain.api import TRAINERS  # re-exported for tests and tools
 from posttrain.errors import PosttrainError
 from posttrain.train.guards import TrainingStopped
 
-# sub-command -> (module, config class, algorithm class, one-line help)
-TRAINERS = {
-    "sft": ("posttrain.algorithms.sft", "SFTConfig", "SFT", "supervised fine-tuning"),
-    "dpo": ("posttrain.algorithms.dpo", "DPOConfig", "DPO", "direct preference optimisation"),
-    "reward": (
-        "posttrain.algorithms.reward", "RewardConfig", "RewardModelTrainer",
-        "train a reward model on preference pairs (Bradley-Terry)",
-    ),
-    "grpo": ("posttrain.algorithms.grpo", "GRPOConfig", "GRPO",
-             "online RL with group-relative advantages (no value model)"),
-    "rloo": ("posttrain.algorithms.grpo", "RLOOConfig", "GRPO",
-             "online RL with leave-one-out baselines (REINFORCE Leave-One-Out)"),
-    "ppo": ("posttrain.algorithms.ppo", "PPOConfig", "PPO",
-            "online RL with a learned critic (PPO: GAE, clipped policy and value losses)"),
-}
+
+class _Parser(argparse.ArgumentParser):
+    """Sub-command parsers show every option's default in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _trainer_parser(sub, name: str, help_text: str) -> None:
@@ -52,11 +44,15 @@ def _trainer_parser(sub, name: str, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from posttrain import __version__
+
     parser = argparse.ArgumentParser(
         prog="posttrain",
         description="Post-train causal language models: SFT, DPO, reward models, PPO, GRPO.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"posttrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     for name, (_, _, _, help_text) in TRAINERS.items():
         _trainer_parser(sub, name, help_text)
 
@@ -91,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="only the first N rows")
     ev.add_argument("--output", help="jsonl to write: prompt, completion, correct per row")
     ev.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
-    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap")
     ev.add_argument("--new-name", default="Posty", help="identity task: the name to look for")
 
     sample = sub.add_parser(
@@ -113,16 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sampling_args(parser: argparse.ArgumentParser, temperature: float = 0.0) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"0 = greedy (default {temperature})")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from posttrain.models import quiet_transformers
+
+    quiet_transformers()
     try:
         if args.command in TRAINERS:
             return _train(args)
@@ -156,23 +154,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from posttrain.api import classes, trainer
     from posttrain.config import describe, load_config
-    from posttrain.train.loop import train
-
-    module_name, config_name, algorithm_name, _ = TRAINERS[args.command]
-    module = importlib.import_module(module_name)
-    config_cls = getattr(module, config_name)
-    if args.help_config:
-        print(describe(config_cls))
-        return 0
     from posttrain.train.distributed import ranks
     from posttrain.train.sharding import check_launch
 
+    config_cls, _ = classes(args.command)
+    if args.help_config:
+        print(describe(config_cls))
+        return 0
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     config = load_config(config_cls, args.config, overrides)
     check_launch()  # FSDP on a CPU, DeepSpeed without CUDA: said before any model loads
-    metrics = train(getattr(module, algorithm_name)(config))
-
+    metrics = trainer(args.command, config).train()
     if ranks().is_main:  # one summary, however many processes trained
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
         print(json.dumps(summary))
@@ -181,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from posttrain.algorithms.reward import score_file
+    from posttrain.reward_models import score_file
 
     summary = score_file(args.model, args.data, args.output, args.batch_size, args.max_length)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))

@@ -64,15 +64,32 @@ class TrainConfig:
         False, "At the end, also save the adapter merged into the base weights (`merged/`)."
     )
     # --- data ----------------------------------------------------------------------------
-    train_data: str = option(
+    train_data: Any = option(
         "",
-        "Training data: a .jsonl/.json/.parquet/.csv file, or `hf:org/name` (a hub dataset).",
+        "Training data: a .jsonl/.json/.parquet/.csv file, a `datasets.save_to_disk` folder, "
+        "`hf:org/name` (a hub dataset), a mixture [{path: a.jsonl, weight: 0.7}, {path: "
+        "b.jsonl, weight: 0.3}], or (Python API) a list of row dicts or a datasets.Dataset.",
     )
     train_split: str = option("train", "Split to use when train_data is a hub dataset.")
     data_subset: str | None = option(None, "Hub dataset configuration (subset) name.")
-    eval_data: str | None = option(None, "Evaluation data (same forms as train_data).")
+    eval_data: Any = option(None, "Evaluation data (same forms as train_data); null = none.")
+    columns: dict[str, Any] = option(
+        {},
+        "Map the data's columns onto posttrain's fields, e.g. {messages: conversations} "
+        "(ShareGPT: from/value turns are converted) or {prompt: [instruction, input], "
+        "completion: output} (Alpaca: a list joins the non-empty columns with a blank line).",
+    )
+    chat_template: bool = option(
+        True,
+        "Wrap text prompts and completions in the tokenizer's chat template. false: train on "
+        "the raw text (prompt + completion, EOS appended), as TRL does for non-chat data; "
+        "`text` rows are always raw.",
+    )
     eval_split: str = option("test", "Split of a hub eval dataset.")
     max_samples: int | None = option(None, "Use only the first N training rows (quick tries).")
+    shuffle: bool = option(
+        True, "Visit the training rows in a seeded random order each epoch (false: file order)."
+    )
     max_length: int = option(
         1024,
         "Maximum tokens per example (prompt + response): SFT, DPO and reward examples are "
@@ -216,13 +233,12 @@ def load_config(
 
     fields = config_fields(cls)
     hints = get_type_hints(cls)
+    values = translate_aliases(values, fields, cls.__name__)
     kwargs = {}
     for key, (value, where) in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"{where}: unknown key {key!r} for `{cls.__name__}`.{hint}\n"
+                f"{where}: unknown key {key!r} for `{cls.__name__}`.{_hint(key, fields)}\n"
                 f"Valid keys: {', '.join(sorted(fields))}"
             )
         kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
@@ -236,7 +252,90 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """The run's config as YAML; in-memory data (a list of rows, a Dataset) is described."""
+    plain = {key: _describe_value(value) for key, value in to_dict(config).items()}
+    Path(path).write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def _describe_value(value: Any) -> Any:
+    try:
+        yaml.safe_dump(value)
+        return value
+    except yaml.YAMLError:
+        size = len(value) if hasattr(value, "__len__") else "?"
+        return f"<in-memory {type(value).__name__} of {size} rows>"
+
+
+# --- names from other toolkits ---------------------------------------------------------------
+
+def _hf_dataset(value: Any) -> Any:
+    """TRL's dataset_name: a hub id, or a local path."""
+    if isinstance(value, str) and not value.startswith("hf:") and not Path(value).exists():
+        return f"hf:{value}"
+    return value
+
+
+# TRL / transformers TrainingArguments name -> (posttrain key, value conversion)
+ALIASES: dict[str, tuple[str, Any]] = {
+    "model_name_or_path": ("model", None),
+    "dataset_name": ("train_data", _hf_dataset),
+    "dataset_config": ("data_subset", None),
+    "dataset_train_split": ("train_split", None),
+    "dataset_test_split": ("eval_split", None),
+    "per_device_train_batch_size": ("per_device_batch_size", None),
+    "per_device_eval_batch_size": ("eval_batch_size", None),
+    "num_train_epochs": ("num_epochs", None),
+    "max_completion_length": ("max_new_tokens", None),
+    "max_seq_length": ("max_length", None),
+    "use_peft": ("use_lora", None),
+    "use_vllm": ("rollout_backend", lambda v: "vllm" if v is True else "hf" if v is False else v),
+    "bf16": ("mixed_precision", lambda v: "bf16" if v is True else "no" if v is False else v),
+    "fp16": ("mixed_precision", lambda v: "fp16" if v is True else "no" if v is False else v),
+    "lr_scheduler_type": ("lr_scheduler", None),
+    "torch_dtype": ("dtype", None),
+    "num_ppo_epochs": ("ppo_epochs", None),
+    "cliprange": ("epsilon", None),
+    "cliprange_value": ("value_clip", None),
+    "vllm_importance_sampling_correction": ("importance_sampling_correction", None),
+    "vllm_importance_sampling_cap": ("importance_sampling_cap", None),
+}
+# names with no counterpart: what to do instead
+NO_COUNTERPART = {
+    "eval_strategy": "posttrain evaluates every eval_steps steps (0 = only at the end).",
+    "save_strategy": "posttrain checkpoints every save_steps steps (0 = only at the end).",
+    "logging_strategy": "posttrain logs every logging_steps steps.",
+    "max_prompt_length": "posttrain leaves out prompts longer than max_length - max_new_tokens "
+                         "(set max_length).",
+    "completion_only_loss": "posttrain always trains the completion only (prompts are masked).",
+    "assistant_only_loss": "posttrain always trains assistant turns only.",
+    "hub_strategy": "posttrain pushes once, at the end (push_to_hub).",
+}
+
+
+def translate_aliases(values: dict[str, tuple[Any, str]], fields: dict, cls_name: str):
+    """TRL's names for the same settings (``ALIASES``) become posttrain's; giving both the
+    alias and the key is an error, as is an alias whose setting this trainer lacks."""
+    out: dict[str, tuple[Any, str]] = {}
+    for key, (value, where) in values.items():
+        if key in fields or key not in ALIASES:
+            out[key] = (value, where)
+            continue
+        target, convert = ALIASES[key]
+        if target not in fields:
+            raise ConfigError(f"{where}: {key!r} (TRL's name for {target!r}) does not apply to "
+                              f"`{cls_name}`.")
+        if target in values or target in out:
+            raise ConfigError(f"{where}: {key!r} and {target!r} are the same setting (TRL's "
+                              "name and posttrain's): give only one.")
+        out[target] = (convert(value) if convert else value, f"{where} (as {key})")
+    return out
+
+
+def _hint(key: str, fields: dict) -> str:
+    if key in NO_COUNTERPART:
+        return f" {NO_COUNTERPART[key]}"
+    close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.75)
+    return f" Did you mean {', '.join(close)}?" if close else ""
 
 
 # --- value parsing -------------------------------------------------------------------------
@@ -278,9 +377,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}.")
     if origin is Literal:
-        if value in get_args(tp):
+        choices = get_args(tp)
+        if isinstance(value, bool):  # YAML reads no/off/false as False, yes/on/true as True
+            words = ("no", "off", "false", "none") if not value else ("yes", "on", "true")
+            value = next((w for w in words if w in choices), value)
+        if value in choices:
             return value
-        raise ConfigError(f"{where}: expected one of {list(get_args(tp))}, got {value!r}.")
+        raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}.")
     if origin in (list, typing.List):  # noqa: UP006
         (item_type,) = get_args(tp) or (Any,)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -29,11 +29,17 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
-def _quiet_transformers() -> None:
-    """transformers prints a progress bar per load/save; ours is the only one we want."""
+def quiet_transformers() -> None:
+    """transformers prints a progress bar per load/save and a LOAD REPORT table for new heads;
+    ours is the only progress we want, and posttrain says itself when it adds a head.
+    ``POSTTRAIN_VERBOSE=1`` keeps transformers' own messages."""
+    import os
+
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+    if os.environ.get("POSTTRAIN_VERBOSE", "") != "1":
+        logging.set_verbosity_error()
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -65,7 +71,7 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     kwargs = {"dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -122,16 +128,27 @@ def is_peft(model) -> bool:
 
 
 def save_model(model, tokenizer, folder: str | Path, merge_lora: bool = False,
-               state_dict: dict | None = None) -> Path:
+               state_dict: dict | None = None, base_name: str | None = None) -> Path:
     """Save in the Hugging Face layout: full weights, or the LoRA adapter (+ `merged/` on
     request, the adapter folded into the base weights, loadable without peft).
 
     ``state_dict``: the model's full weights when its parameters are sharded (FSDP / ZeRO-3,
-    gathered by ``train.sharding.StateDicts``); None = the model's own ``state_dict()``."""
+    gathered by ``train.sharding.StateDicts``); None = the model's own ``state_dict()``.
+    ``base_name``: what an adapter records as its base (``adapter_config.json``'s
+    ``base_model_name_or_path``): the name trained from (a hub id or a posttrain alias), not
+    this machine's cache path, so the folder is portable."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
+    generation = getattr(model, "generation_config", None)
+    if is_peft(model):
+        base = model.get_base_model()
+        generation = getattr(base, "generation_config", generation)
+        if base_name:
+            _record_base(folder / "adapter_config.json", base_name)
+    if generation is not None and not (folder / "generation_config.json").exists():
+        generation.save_pretrained(folder)  # adapters too: chat and serving read it
     if is_peft(model) and merge_lora:
         if state_dict is None:
             # merge a copy: merge_and_unload rewrites the modules in place, and the caller's
@@ -144,11 +161,60 @@ def save_model(model, tokenizer, folder: str | Path, merge_lora: bool = False,
     return folder
 
 
-def load_trained(folder: str | Path, dtype: str = "auto"):
-    """Load a model that posttrain saved: full weights, or base + LoRA adapter."""
-    folder = Path(resolve_model(str(folder)))
-    if (folder / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
+def _record_base(adapter_config: Path, base_name: str) -> None:
+    import json
 
-        return AutoPeftModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype))
+    data = json.loads(adapter_config.read_text())
+    data["base_model_name_or_path"] = base_name
+    adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_trained(folder: str | Path, dtype: str = "auto"):
+    """A causal LM that posttrain saved: full weights, a LoRA adapter (its base resolved the
+    way posttrain resolves names, aliases included), or a checkpoint folder
+    (``checkpoints/step-N``: the run's base model with the checkpoint's trained weights)."""
+    folder = Path(resolve_model(str(folder)))
+    if (folder / "manifest.json").exists() and (folder / "trainable.safetensors").exists():
+        return load_checkpoint_model(folder, dtype)
+    adapter = folder / "adapter_config.json"
+    if adapter.exists():
+        import json
+
+        from peft import PeftModel
+
+        base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = load_causal_lm(base_name, dtype)
+        return PeftModel.from_pretrained(base, folder)
     return load_causal_lm(str(folder), dtype)
+
+
+def load_checkpoint_model(folder: Path, dtype: str = "auto"):
+    """The policy at a checkpoint: base model (and LoRA adapter) as in the run's recorded
+    config, then the checkpoint's trained weights on top."""
+    import json
+
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    config = manifest.get("config", {})
+    trainer = manifest.get("state", {}).get("trainer", "")
+    if trainer == "RewardModelTrainer":
+        raise PosttrainError(f"{folder} is a reward-model checkpoint; the finished run's folder "
+                             "loads as a reward model (posttrain score --model <output_dir>).")
+    prefix = "actor.model." if trainer == "PPO" else "model."
+    model = load_causal_lm(config["model"], dtype, trust_remote_code=config.get(
+        "trust_remote_code", False))
+    if config.get("use_lora"):
+        from types import SimpleNamespace
+
+        model = add_lora(model, SimpleNamespace(**{k: config[k] for k in (
+            "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed")},
+            gradient_checkpointing=False))
+    weights = {k[len(prefix):]: v for k, v in load_file(folder / "trainable.safetensors").items()
+               if k.startswith(prefix)}
+    missing = set(weights) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise PosttrainError(f"{folder}: its weights do not fit {config['model']} "
+                             f"({sorted(missing)[:3]}...)")
+    model.load_state_dict(weights, strict=False)
+    return model.eval()

@@ -62,8 +62,9 @@ from posttrain.ops.preference import DPO_LOSS_TYPES, combined_dpo_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
 from posttrain.train.distributed import all_gather_objects, barrier, my_share, ranks
 from posttrain.train.forward import TokenLogprobs
-from posttrain.train.loop import StepBatch, train
+from posttrain.train.loop import StepBatch
 from posttrain.train.metrics import sharded_means, stats
+from posttrain.train.trainer import Trainer
 
 REF_CACHE_ENV = "POSTTRAIN_REF_CACHE"
 
@@ -144,7 +145,7 @@ def reference_source(config: DPOConfig) -> Literal["copy", "adapter"] | None:
 # --- the algorithm ------------------------------------------------------------------------------
 
 
-class DPO:
+class DPO(Trainer):
     console_keys = ("loss", "rewards/accuracy", "rewards/margins")
 
     def __init__(self, config: DPOConfig, model=None, tokenizer=None):
@@ -152,9 +153,10 @@ class DPO:
         self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
         self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
-                                      c.max_samples, c.max_length)
+                                      c.max_samples, c.max_length, c.columns, c.seed)
         self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
-                                      None, c.max_length) if c.eval_data else [])
+                                      None, c.max_length, c.columns, c.seed)
+                           if c.eval_data is not None else [])
         self.model_given = model is not None
         if model is None:
             model = load_policy(c, self.tokenizer)
@@ -176,9 +178,6 @@ class DPO:
         return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
                            c.max_steps)
 
-    def wrap(self, model):
-        return TokenLogprobs(model)
-
     def attach(self, wrapped, accelerator) -> None:
         """Place the reference: load the copy (a full replica on every process, also under
         FSDP: it has no gradients or optimiser states to shard), or precompute and free it."""
@@ -191,7 +190,7 @@ class DPO:
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
         for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
-                                    start_step):
+                                    start_step, shuffle=c.shuffle):
             items = [self.train_pairs[i] for i in indices]
             micro = [collate_pairs(chunk, self.pad_id)
                      for chunk in split_micro(items, c.per_device_batch_size)]
@@ -222,7 +221,7 @@ class DPO:
 
     def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
         save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.model))
+                   state_dict=state_dicts(self.model), base_name=self.config.model)
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
     # --- the loss ------------------------------------------------------------------------------
@@ -358,12 +357,3 @@ class DPO:
     def cache_dir(self) -> Path:
         default = os.environ.get(REF_CACHE_ENV, "~/.cache/posttrain/ref_logprobs")
         return Path(self.config.ref_cache_dir or default).expanduser()
-
-
-def dpo(config: DPOConfig | dict, **overrides) -> dict[str, float]:
-    """Python API: ``posttrain.dpo({"model": ..., "train_data": ...})`` trains and saves."""
-    from posttrain.config import load_config
-
-    if isinstance(config, dict):
-        config = load_config(DPOConfig, values={**config, **overrides})
-    return train(DPO(config))

@@ -47,14 +47,3 @@ class RLOOConfig(GRPOConfig):
 
 class GRPO(OnlineRL):
     """GRPO / RLOO / REINFORCE++: the estimator is ``config.advantage_estimator``."""
-
-
-def grpo(config: GRPOConfig | dict, reward_functions=None, **overrides) -> dict[str, float]:
-    """Python API: ``posttrain.grpo({...}, reward_functions=[my_reward])``; reward functions
-    given here (callables) replace the config's ``rewards``."""
-    from posttrain.config import load_config
-    from posttrain.train.loop import train
-
-    if isinstance(config, dict):
-        config = load_config(GRPOConfig, values={**config, **overrides})
-    return train(GRPO(config, reward_functions=reward_functions))

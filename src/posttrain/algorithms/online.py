@@ -72,6 +72,7 @@ from posttrain.train.forward import TokenLogprobs
 from posttrain.train.loop import StepBatch
 from posttrain.train.metrics import stat
 from posttrain.train.sharding import gathered_for_generation
+from posttrain.train.trainer import Trainer
 
 
 @dataclass
@@ -90,7 +91,7 @@ class RoundData:
     scoring_s: float = 0.0  # forward passes spent by estimate_advantages (logged as scoring)
 
 
-class OnlineRL:
+class OnlineRL(Trainer):
     """Shared machinery; subclasses set ``config`` defaults and may override
     ``estimate_advantages`` / ``extra_loss`` (PPO's critic)."""
 
@@ -98,9 +99,11 @@ class OnlineRL:
 
     def __init__(self, config: OnlineRLConfig, model=None, tokenizer=None, reward_functions=None):
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model)
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model,
+                                                     config.trust_remote_code)
         self.rewards = load_reward_set(reward_functions or config.rewards, config.reward_weights,
-                                       config.reward_timeout_s, config.reward_on_error)
+                                       config.reward_timeout_s, config.reward_on_error,
+                                       config.reward_call_style)
         self.prompts = self._load_prompts(config.train_data, config.train_split, config.max_samples)
         self.eval_prompts = (
             self._load_prompts(config.eval_data, config.eval_split, config.eval_max_samples)
@@ -137,7 +140,7 @@ class OnlineRL:
 
     def _load_prompts(self, spec: str, split: str, limit: int | None) -> list:
         c = self.config
-        rows = load_rows(spec, split, c.data_subset).take(limit)
+        rows = load_rows(spec, split, c.data_subset, c.columns, c.seed).take(limit)
         if c.prompt_column != "prompt":  # e.g. GSM8K's `question`
             rows.rows = [{**r, "prompt": r.get(c.prompt_column)} for r in rows.rows]
         examples = validate_rows(rows, to_prompt_example)
@@ -175,9 +178,6 @@ class OnlineRL:
         rounds = math.ceil(len(self.prompts) * c.num_epochs / c.prompts_per_step)
         return max(1, rounds) * self.steps_per_round
 
-    def wrap(self, model):
-        return TokenLogprobs(model)
-
     def attach(self, wrapped, accelerator) -> None:
         self.wrapped, self.device = wrapped, accelerator.device
         if self.reference is not None:
@@ -196,7 +196,8 @@ class OnlineRL:
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
         first_round = start_step // self.steps_per_round
-        order = step_indices(len(self.prompts), c.prompts_per_step, c.seed, first_round)
+        order = step_indices(len(self.prompts), c.prompts_per_step, c.seed, first_round,
+                             shuffle=c.shuffle)
         for round_index, indices in enumerate(order, start=first_round):
             data = self.collect(round_index, [self.prompts[i] for i in indices], indices)
             yield from self.round_step_batches(data, round_index)
@@ -223,7 +224,8 @@ class OnlineRL:
         row_ids = [indices[p] for p in rows] if indices is not None else None
         if rows:
             scored = self.rewards.score([examples[p].prompt for p in rows], local.completions,
-                                        local.completion_ids, columns, row_ids=row_ids)
+                                        local.completion_ids, columns, row_ids=row_ids,
+                                        prompt_forms=[examples[p].original for p in rows])
         else:  # more processes than prompts: nothing to score here
             scored = RewardOutput([], {name: [] for name in self.rewards.names})
         t2 = time.time()
@@ -498,7 +500,8 @@ class OnlineRL:
             columns = {k: [e.columns.get(k) for e in chunk]
                        for k in sorted({k for e in chunk for k in e.columns})}
             scored = self.rewards.score([e.prompt for e in chunk], rollout.completions,
-                                        rollout.completion_ids, columns)
+                                        rollout.completion_ids, columns,
+                                        prompt_forms=[e.original for e in chunk])
             for name, got in [*scored.per_function.items(), ("total", scored.totals)]:
                 values.setdefault(name, []).extend(v for v in got if v is not None)
         merged: dict[str, list[float]] = {}
@@ -511,7 +514,7 @@ class OnlineRL:
         from posttrain.config import save_config
 
         save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.model))
+                   state_dict=state_dicts(self.model), base_name=self.config.model)
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
 
@@ -521,7 +524,7 @@ def check_rewards(rewards, examples: list, spec: str | None) -> None:
     if not examples:
         return
     first = examples[0]
-    rewards.check(first.prompt, first.columns, f"the first row of {spec}")
+    rewards.check(first.prompt, first.columns, f"the first row of {spec}", first.original)
     keys = sorted({k for e in examples for k in e.columns})
     columns = {k: [e.columns.get(k) for e in examples] for k in keys}
     for fn in rewards.functions:

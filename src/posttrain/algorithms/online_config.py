@@ -43,6 +43,13 @@ class OnlineRLConfig(TrainConfig):
         "with the function and rows named; zero = 0.0 for that function on the batch; skip = "
         "None (not applicable). Faults are counted as rewards/<name>/errors.",
     )
+    reward_call_style: Literal["auto", "posttrain", "trl"] = option(
+        "auto",
+        "How your reward functions are called: posttrain = f(prompts, completions, "
+        "completion_ids, **columns); trl = keyword arguments, completions as messages for "
+        "conversational prompts; auto = trl for functions that take no three positional "
+        "arguments (f(completions, **kwargs)). Built-in rewards are unaffected. docs/rewards.md.",
+    )
     max_rounds_without_reward: int = option(
         3, "Stop when this many rounds in a row got no value from any reward function."
     )

@@ -49,12 +49,13 @@ def tokenize_pair(tokenizer, example: PreferenceExample, max_length: int, where:
     return TokenizedPair(sides[0], sides[1], example.margin)
 
 
-def load_pairs(tokenizer, spec: str, split: str, subset: str | None, limit: int | None,
-               max_length: int) -> list[TokenizedPair]:
+def load_pairs(tokenizer, spec, split: str, subset: str | None, limit: int | None,
+               max_length: int, columns: dict | None = None, seed: int = 0
+               ) -> list[TokenizedPair]:
     """Validated, tokenised preference pairs. Bad rows raise DataError (file, row, field);
     pairs whose chosen or rejected response is cut away entirely by max_length are dropped
     with one warning giving the counts."""
-    rows = load_rows(spec, split, subset).take(limit)
+    rows = load_rows(spec, split, subset, columns, seed).take(limit)
     examples = validate_rows(rows, to_preference_example)
     pairs, truncated, dropped = [], 0, 0
     for example, where in zip(examples, rows.locations):

@@ -345,18 +345,7 @@ class PPO(OnlineRL):
         from posttrain.config import save_config
 
         save_model(self.policy, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.policy))
+                   state_dict=state_dicts(self.policy), base_name=self.config.model)
         save_model(self.critic, self.tokenizer, Path(output_dir) / "value_model",
                    self.config.merge_lora, state_dict=state_dicts(self.critic))
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
-
-
-def ppo(config: PPOConfig | dict, reward_functions=None, **overrides) -> dict[str, float]:
-    """Python API: ``posttrain.ppo({...}, reward_functions=[my_reward])``; reward functions
-    given here (callables) replace the config's ``rewards``."""
-    from posttrain.config import load_config
-    from posttrain.train.loop import train
-
-    if isinstance(config, dict):
-        config = load_config(PPOConfig, values={**config, **overrides})
-    return train(PPO(config, reward_functions=reward_functions))

@@ -29,8 +29,8 @@ from posttrain.models import load_policy, load_tokenizer, save_model
 from posttrain.ops.sft import sft_loss
 from posttrain.train.batching import split_micro, step_indices, total_steps
 from posttrain.train.distributed import ranks, sharded_sum
-from posttrain.train.forward import TokenLogprobs
-from posttrain.train.loop import StepBatch, train
+from posttrain.train.loop import StepBatch
+from posttrain.train.trainer import Trainer
 
 
 @dataclass
@@ -50,12 +50,13 @@ class SFTConfig(TrainConfig):
     )
 
 
-class SFT:
+class SFT(Trainer):
     console_keys = ("loss", "tokens")
 
     def __init__(self, config: SFTConfig, model=None, tokenizer=None):
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model)
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model,
+                                                     config.trust_remote_code)
         self.train_examples = self._load(config.train_data, config.train_split, config.max_samples)
         self.eval_examples = (
             self._load(config.eval_data, config.eval_split, None) if config.eval_data else []
@@ -67,8 +68,10 @@ class SFT:
                                   * config.gradient_accumulation_steps * ranks().world)
 
     def _load(self, spec: str, split: str, limit: int | None) -> list:
-        rows = load_rows(spec, split, self.config.data_subset).take(limit)
-        examples = validate_rows(rows, to_sft_example, last_turn_only=self.config.last_turn_only)
+        c = self.config
+        rows = load_rows(spec, split, c.data_subset, c.columns, c.seed).take(limit)
+        examples = validate_rows(rows, to_sft_example, last_turn_only=c.last_turn_only,
+                                 chat_template=c.chat_template)
         tokenized = tokenize_all(self.tokenizer, examples, rows.locations, self.config.max_length)
         if self.config.packing:
             return pack(tokenized, self.config.max_length)
@@ -80,12 +83,6 @@ class SFT:
         return total_steps(len(self.train_examples), self.examples_per_step, c.num_epochs,
                            c.max_steps)
 
-    def wrap(self, model):
-        return TokenLogprobs(model)
-
-    def attach(self, wrapped, accelerator) -> None:
-        self.device = accelerator.device
-
     def _collate(self, items: list) -> dict[str, torch.Tensor]:
         if self.config.packing:
             return collate_packed(items, self.pad_id)
@@ -94,7 +91,7 @@ class SFT:
     def step_batches(self, start_step: int) -> Iterator[StepBatch]:
         c = self.config
         for indices in step_indices(len(self.train_examples), self.examples_per_step, c.seed,
-                                    start_step):
+                                    start_step, shuffle=c.shuffle):
             items = [self.train_examples[i] for i in indices]
             micro = [self._collate(chunk) for chunk in split_micro(items, c.per_device_batch_size)]
             tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
@@ -157,14 +154,5 @@ class SFT:
 
     def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
         save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.model))
+                   state_dict=state_dicts(self.model), base_name=self.config.model)
         save_config(self.config, f"{output_dir}/posttrain_config.yaml")
-
-
-def sft(config: SFTConfig | dict, **overrides) -> dict[str, float]:
-    """Python API: ``posttrain.sft({"model": ..., "train_data": ...})`` trains and saves."""
-    from posttrain.config import load_config
-
-    if isinstance(config, dict):
-        config = load_config(SFTConfig, values={**config, **overrides})
-    return train(SFT(config))

@@ -33,10 +33,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from posttrain.algorithms.reward import classification_parts, load_reward_model
 from posttrain.config import TrainConfig
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.hub import resolve_model
+from posttrain.reward_models import classification_parts, load_reward_model
 from posttrain.train.forward import TokenLogprobs
 from posttrain.train.sharding import no_split_modules
 

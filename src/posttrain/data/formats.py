@@ -8,9 +8,13 @@ Accepted shapes (one per row, detected from the keys):
   (``prompt`` may be left out when chosen/rejected are whole conversations sharing a prefix)
 * prompt-only      ``{"prompt": str | messages, ...extra columns}``: for RL; extra columns such
   as ``answer`` or ``tests`` are passed to reward functions.
+* plain text       ``{"text": str}``: language modelling on the raw text (SFT; every token).
 
-A string prompt becomes one user message; a string response one assistant message. Every problem
-raises :class:`DataError` naming the row's location and the field.
+A string prompt becomes one user message; a string response one assistant message (or, with
+``chat_template: false``, both stay raw text). Messages may be ShareGPT turns (``from`` /
+``value``, roles human / gpt / system / tool), and assistant messages may carry ``tool_calls``
+(a row's ``tools`` column reaches the chat template). Every problem raises :class:`DataError`
+naming the row's location and the field.
 """
 
 from __future__ import annotations
@@ -22,16 +26,23 @@ from typing import Any
 from posttrain.data.loading import Rows
 from posttrain.errors import DataError
 
-Message = dict[str, str]
+Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "function_response": "tool",
+                  "observation": "tool"}
 
 
 @dataclass
 class SFTExample:
-    """A conversation and which of its message indices are trained (assistant turns)."""
+    """A conversation and which of its message indices are trained (assistant turns); or, for
+    raw text (``text`` rows, ``chat_template: false``), ``raw = (prompt, completion)`` with the
+    completion trained."""
 
     messages: list[Message]
     trained_turns: list[int]
+    tools: list | None = None
+    raw: tuple[str, str] | None = None
 
 
 @dataclass
@@ -46,6 +57,7 @@ class PreferenceExample:
 class PromptExample:
     prompt: list[Message]
     columns: dict[str, Any] = field(default_factory=dict)
+    original: Any = None  # the prompt as the row gave it (text or messages): TRL-style rewards
 
 
 def _messages(value: Any, where: str, name: str, default_role: str) -> list[Message]:
@@ -62,13 +74,32 @@ def _messages(value: Any, where: str, name: str, default_role: str) -> list[Mess
     out = []
     for i, message in enumerate(value):
         here = f"{where}: `{name}[{i}]`"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        if isinstance(message, dict) and "from" in message and "value" in message:  # ShareGPT
+            role = SHAREGPT_ROLES.get(str(message["from"]).lower())
+            if role is None:
+                raise DataError(f"{here}: unknown ShareGPT speaker {message['from']!r}; use one "
+                                f"of {sorted(SHAREGPT_ROLES)}.")
+            message = {"role": role, "content": message["value"]}
+        if not isinstance(message, dict) or "role" not in message:
             raise DataError(f"{here} must be an object with `role` and `content`.")
         if message["role"] not in ROLES:
             raise DataError(f"{here}: unknown role {message['role']!r}; use one of {ROLES}.")
-        if not isinstance(message["content"], str):
+        if "content" not in message and not message.get("tool_calls"):
+            raise DataError(f"{here} must be an object with `role` and `content`.")
+        content = message.get("content")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if message["role"] != "assistant" or not isinstance(calls, list) or not calls:
+                raise DataError(f"{here}: `tool_calls` must be a non-empty list on an "
+                                "assistant message.")
+            content = content or ""
+        if not isinstance(content, str):
             raise DataError(f"{here}: `content` must be a string.")
-        out.append({"role": message["role"], "content": message["content"]})
+        clean = {"role": message["role"], "content": content}
+        for key in ("tool_calls", "name", "tool_call_id"):
+            if message.get(key) is not None:
+                clean[key] = message[key]
+        out.append(clean)
     return out
 
 
@@ -80,7 +111,20 @@ def _require(row: dict, keys: tuple[str, ...], where: str, fmt: str) -> None:
         )
 
 
-def to_sft_example(row: dict, where: str, last_turn_only: bool = False) -> SFTExample:
+def to_sft_example(row: dict, where: str, last_turn_only: bool = False,
+                   chat_template: bool = True) -> SFTExample:
+    tools = row.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise DataError(f"{where}: `tools` must be a list of tool (function) definitions.")
+    if "text" in row and not ({"messages", "prompt", "completion"} & set(row)):
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: field `text` must be non-empty text.")
+        return SFTExample([], [], raw=("", row["text"]))
+    if (not chat_template and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("completion"), str)):
+        if not row["completion"].strip():
+            raise DataError(f"{where}: field `completion` is empty.")
+        return SFTExample([], [], raw=(row["prompt"], row["completion"]))
     if "messages" in row:
         if not isinstance(row["messages"], list):
             raise DataError(
@@ -92,9 +136,9 @@ def to_sft_example(row: dict, where: str, last_turn_only: bool = False) -> SFTEx
         if not assistant:
             raise DataError(f"{where}: `messages` has no assistant turn to learn from.")
         for i in assistant:
-            if not messages[i]["content"].strip():
+            if not messages[i]["content"].strip() and not messages[i].get("tool_calls"):
                 raise DataError(f"{where}: `messages[{i}]` (assistant) has empty content.")
-        return SFTExample(messages, assistant[-1:] if last_turn_only else assistant)
+        return SFTExample(messages, assistant[-1:] if last_turn_only else assistant, tools)
     if "prompt" in row and "completion" in row:
         prompt = _messages(row["prompt"], where, "prompt", "user")
         completion = _messages(row["completion"], where, "completion", "assistant")
@@ -102,9 +146,11 @@ def to_sft_example(row: dict, where: str, last_turn_only: bool = False) -> SFTEx
             raise DataError(f"{where}: `completion` must start with an assistant message.")
         messages = prompt + completion
         trained = [len(prompt) + i for i, m in enumerate(completion) if m["role"] == "assistant"]
-        return SFTExample(messages, trained[-1:] if last_turn_only else trained)
+        return SFTExample(messages, trained[-1:] if last_turn_only else trained, tools)
     raise DataError(
-        f"{where}: SFT needs `messages`, or `prompt` + `completion` (row has {sorted(row)})."
+        f"{where}: SFT needs `messages`, `prompt` + `completion`, or `text` (row has "
+        f"{sorted(row)}); map other column names with `columns:` (e.g. {{messages: "
+        "conversations}} for ShareGPT)."
     )
 
 
@@ -149,7 +195,7 @@ def to_prompt_example(row: dict, where: str) -> PromptExample:
     if prompt[-1]["role"] == "assistant":
         raise DataError(f"{where}: `prompt` ends with an assistant turn; it should end with user.")
     columns = {k: v for k, v in row.items() if k not in ("prompt", "completion", "messages")}
-    return PromptExample(prompt, columns)
+    return PromptExample(prompt, columns, original=row["prompt"])
 
 
 def validate_rows(rows: Rows, convert, **kwargs) -> list:

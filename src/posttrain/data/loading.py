@@ -1,7 +1,14 @@
-"""Read rows from files or the Hugging Face hub, remembering where each row came from.
+"""Read rows from files, folders, the Hugging Face hub or memory, remembering where each row
+came from.
 
 Every later error ("row 17 of train.jsonl: field `chosen` is empty") needs the row's origin, so
 loading returns :class:`Rows`: the dicts plus a human-readable location for each.
+
+Sources: ``.jsonl``; ``.json`` (a list of objects, ``{"data": [...]}``, or JSON lines, which is
+what ``datasets.Dataset.to_json`` writes); ``.parquet``; ``.csv`` (every cell kept as text, so
+" 31" stays " 31"); a ``save_to_disk`` folder; ``hf:org/name`` (or ``hf:`` + a local folder);
+a list of row dicts or a ``datasets.Dataset`` (Python API); and a weighted mixture of any of
+these (``mixture``). ``columns`` renames fields first (``apply_columns``).
 """
 
 from __future__ import annotations
@@ -33,11 +40,39 @@ class Rows:
         return Rows(self.rows[:n], self.locations[:n], self.source)
 
 
-def load_rows(spec: str, split: str = "train", subset: str | None = None) -> Rows:
-    """Load ``spec``: a .jsonl/.json/.parquet/.csv path, or ``hf:org/name`` from the hub."""
+def load_rows(spec: Any, split: str = "train", subset: str | None = None,
+              columns: dict[str, Any] | None = None, seed: int = 0) -> Rows:
+    """Load ``spec`` (see the module docstring), then apply the ``columns`` mapping."""
+    rows = _load_any(spec, split, subset, seed)
+    return apply_columns(rows, columns) if columns else rows
+
+
+def _load_any(spec: Any, split: str, subset: str | None, seed: int) -> Rows:
+    if _is_mixture(spec):
+        return mixture(spec, split, subset, seed)
+    if isinstance(spec, list):
+        if not spec or not all(isinstance(r, dict) for r in spec):
+            raise DataError("in-memory data must be a non-empty list of row dicts.")
+        return Rows(list(spec), [f"row {i} of the given list" for i in range(len(spec))],
+                    "the given list")
+    if hasattr(spec, "to_list") and hasattr(spec, "column_names"):  # a datasets.Dataset
+        return _from_dataset(spec, "the given Dataset")
+    if hasattr(spec, "keys") and not isinstance(spec, (str, dict)):  # a DatasetDict
+        if split not in spec:
+            raise DataError(f"the given DatasetDict has no split {split!r} (it has "
+                            f"{sorted(spec.keys())}); set train_split / eval_split.")
+        return _from_dataset(spec[split], f"the given DatasetDict[{split}]")
+    if not isinstance(spec, str) or not spec:
+        raise DataError(f"data must be a file path, a folder, `hf:org/name`, a list of rows or "
+                        f"a Dataset; got {type(spec).__name__}.")
     if spec.startswith("hf:"):
+        local = Path(spec[3:]).expanduser()
+        if local.is_dir():
+            return _load_saved(local, split)
         return _load_hub(spec[3:], split, subset)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_saved(path, split)
     if not path.exists():
         raise DataError(
             f"data file not found: {spec}. Give a .jsonl/.json/.parquet/.csv path, "
@@ -48,7 +83,9 @@ def load_rows(spec: str, split: str = "train", subset: str | None = None) -> Row
         return _load_jsonl(path)
     if suffix == ".json":
         return _load_json(path)
-    if suffix in (".parquet", ".csv"):
+    if suffix == ".csv":
+        return _load_csv(path)
+    if suffix == ".parquet":
         return _load_with_datasets(path, FILE_KINDS[suffix])
     raise DataError(
         f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_KINDS)}."
@@ -96,6 +133,8 @@ def _load_json(path: Path) -> Rows:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # JSON lines in a .json file (datasets' to_json default)
+            return _load_jsonl(path)
         raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -131,3 +170,102 @@ def _load_hub(name: str, split: str, subset: str | None) -> Rows:
             f"hf:{name} (subset {subset}, split {split}) could not be loaded: {err}"
         ) from None
     return Rows(dataset.to_list(), [f"hf:{name}[{split}] row {i}" for i in range(len(dataset))], name)
+
+
+def _load_csv(path: Path) -> Rows:
+    """Every cell as text: a CSV says nothing about types, and guessing turns " 31" into 31."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        try:
+            rows = [dict(row) for row in csv.DictReader(handle)]
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: not a readable CSV file ({err}).") from None
+    if not rows:
+        raise DataError(f"{path}: the file has no rows.")
+    return Rows(rows, [f"{path}, line {i + 2}" for i in range(len(rows))], str(path))
+
+
+def _load_saved(folder: Path, split: str) -> Rows:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    if not ((folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists()
+            or (folder / "state.json").exists()):
+        raise DataError(f"{folder}: a folder, but not one written by datasets' save_to_disk "
+                        "(no dataset_info.json or dataset_dict.json).")
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{folder}: could not load with datasets.load_from_disk: {err}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{folder}: no split {split!r} (it has {sorted(loaded)}); set "
+                            "train_split / eval_split.")
+        return _from_dataset(loaded[split], f"{folder}[{split}]")
+    return _from_dataset(loaded, str(folder))
+
+
+def _from_dataset(dataset, name: str) -> Rows:
+    rows = dataset.to_list()
+    if not rows:
+        raise DataError(f"{name}: the dataset has no rows.")
+    return Rows(rows, [f"{name} row {i}" for i in range(len(rows))], name)
+
+
+MIXTURE_KEYS = {"path", "weight", "split", "subset", "columns"}
+
+
+def _is_mixture(spec: Any) -> bool:
+    return isinstance(spec, list) and bool(spec) and all(
+        isinstance(e, dict) and "path" in e and set(e) <= MIXTURE_KEYS for e in spec)
+
+
+def mixture(entries: list[dict], split: str, subset: str | None, seed: int) -> Rows:
+    """Several datasets in proportion to their ``weight`` (default 1): the mixture has as many
+    rows as the datasets together, dataset i contributing ``round(total x w_i / sum w)`` of
+    them (a seeded sample without replacement when that is fewer than it has, whole copies plus
+    a sample when more). Each row keeps its origin for error messages."""
+    import random
+
+    loaded = []
+    for entry in entries:
+        weight = entry.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+            raise DataError(f"mixture entry {entry['path']!r}: weight must be > 0, got {weight!r}.")
+        rows = load_rows(entry["path"], entry.get("split", split), entry.get("subset", subset),
+                         entry.get("columns"))
+        loaded.append((rows, float(weight)))
+    total = sum(len(rows) for rows, _ in loaded)
+    weight_sum = sum(w for _, w in loaded)
+    generator = random.Random(seed)
+    out_rows, out_where = [], []
+    for rows, weight in loaded:
+        want = max(1, round(total * weight / weight_sum))
+        picks = list(range(len(rows))) * (want // len(rows))
+        picks += sorted(generator.sample(range(len(rows)), want % len(rows)))
+        out_rows += [rows.rows[i] for i in picks]
+        out_where += [rows.locations[i] for i in picks]
+    return Rows(out_rows, out_where, "mixture of " + ", ".join(str(e["path"]) for e in entries))
+
+
+def apply_columns(rows: Rows, columns: dict[str, Any]) -> Rows:
+    """Rename columns onto posttrain's fields: ``{field: column}``, or ``{field: [col, ...]}``
+    to join several text columns (the non-empty ones, a blank line apart), as Alpaca's
+    instruction + input. Every other column stays (rewards may read it)."""
+    out = []
+    for row, where in zip(rows.rows, rows.locations):
+        row = dict(row)
+        for target, source in columns.items():
+            sources = source if isinstance(source, list) else [source]
+            missing = [c for c in sources if c not in row]
+            if missing:
+                raise DataError(f"{where}: column(s) {missing} named in `columns` are missing "
+                                f"(row has {sorted(row)}).")
+            if isinstance(source, list):
+                parts = [str(row[c]) for c in sources if row[c] is not None and str(row[c]).strip()]
+                row[target] = "\n\n".join(parts)
+            else:
+                row[target] = row[source]
+        out.append(row)
+    return Rows(out, rows.locations, rows.source)

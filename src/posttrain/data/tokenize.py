@@ -30,26 +30,34 @@ class TokenizedExample:
     truncated: bool = False
 
 
-def render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def render(tokenizer, messages: list[Message], add_generation_prompt: bool = False,
+           tools: list | None = None, where: str = "") -> str:
+    kwargs = {"tools": tools} if tools else {}
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except Exception as err:  # noqa: BLE001 - a template's own error (jinja) is about this row
+        raise DataError(f"{where}: the tokenizer's chat template failed on this row: "
+                        f"{type(err).__name__}: {err}") from None
 
 
 def trained_char_spans(
-    tokenizer, messages: list[Message], trained_turns: list[int], where: str = ""
+    tokenizer, messages: list[Message], trained_turns: list[int], where: str = "",
+    tools: list | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render ``messages``; return the text and the [start, end) character span of each
     trained assistant turn (content + end-of-turn token, without the template's newline)."""
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools, where=where)
     eos = tokenizer.eos_token
     spans = []
     for turn in trained_turns:
         if turn == 0:
             raise DataError(f"{where}: the conversation starts with an assistant turn; "
                             "put at least a user message before it.")
-        prefix = render(tokenizer, messages[:turn], add_generation_prompt=True)
-        through = render(tokenizer, messages[: turn + 1])
+        prefix = render(tokenizer, messages[:turn], add_generation_prompt=True, tools=tools,
+                        where=where)
+        through = render(tokenizer, messages[: turn + 1], tools=tools, where=where)
         if not text.startswith(through) or not through.startswith(prefix):
             raise DataError(
                 f"{where}: the chat template does not render turn {turn} as a prefix of the "
@@ -60,6 +68,15 @@ def trained_char_spans(
         end = len(through)
         if eos and eos in through[len(prefix):]:
             end = through.rindex(eos, len(prefix)) + len(eos)
+        for call in messages[turn].get("tool_calls") or []:
+            name = (call.get("function") or {}).get("name", "") if isinstance(call, dict) else ""
+            if name and name not in through[len(prefix):end]:
+                raise DataError(
+                    f"{where}: the chat template of this tokenizer does not render the tool "
+                    f"call {name!r} of turn {turn}; the turn would train on what the template "
+                    "writes instead. Use a tokenizer whose template supports tool_calls (e.g. "
+                    "Qwen2.5's), or put the call in the message's content."
+                )
         spans.append((len(prefix), end))
     return text, spans
 
@@ -68,13 +85,30 @@ def tokenize_sft(
     tokenizer, example: SFTExample, max_length: int, where: str = ""
 ) -> TokenizedExample:
     """input_ids and labels for one conversation; labels only on trained assistant turns."""
-    text, spans = trained_char_spans(tokenizer, example.messages, example.trained_turns, where)
+    if example.raw is not None:
+        return tokenize_raw(tokenizer, *example.raw, max_length=max_length)
+    text, spans = trained_char_spans(tokenizer, example.messages, example.trained_turns, where,
+                                     example.tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
     for i, (start, _end) in enumerate(encoded["offset_mapping"]):
         if any(s <= start < e for s, e in spans):
             labels[i] = input_ids[i]
+    truncated = len(input_ids) > max_length
+    return TokenizedExample(input_ids[:max_length], labels[:max_length], truncated)
+
+
+def tokenize_raw(tokenizer, prompt: str, completion: str, max_length: int) -> TokenizedExample:
+    """Raw text, no chat template: ``prompt`` (masked) + ``completion`` + EOS (trained)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    input_ids = [*prompt_ids, *completion_ids]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)
+    if not prompt_ids:  # nothing precedes the first token: it cannot be predicted
+        labels[0] = IGNORE_INDEX
     truncated = len(input_ids) > max_length
     return TokenizedExample(input_ids[:max_length], labels[:max_length], truncated)
 

@@ -9,16 +9,32 @@ or ``skip`` (None: the function does not apply to the batch); faults are counted
 (``rewards/<name>/errors``). ``None`` means "does not apply to this row" (e.g. a math reward on a
 code prompt) and contributes nothing to the weighted sum. ``check`` calls every function once on
 one row before training, so a wrong signature or a missing column fails before any model loads.
+
+Two calling styles (docs/rewards.md):
+
+* **posttrain's**: ``f(prompts, completions, completion_ids, **columns)``, positionally, prompts
+  as message lists and completions as strings;
+* **TRL's**: keyword arguments only (``f(completions, **kwargs)``, ``f(prompts, completions,
+  answer, **kwargs)``): ``prompts=``, ``completions=``, ``completion_ids=`` and every column by
+  name; for a row whose prompt was a message list, its prompt stays that list and its completion
+  is ``[{"role": "assistant", "content": text}]``, for a text prompt both are strings.
+
+``call_style="auto"`` picks TRL's for a function that cannot take three positional arguments
+and posttrain's otherwise; ``"trl"`` / ``"posttrain"`` force one for user functions (built-in
+rewards always use posttrain's). ``async def`` functions are awaited (in a worker thread, so a
+running event loop, as in a notebook, does not get in the way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import numbers
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from posttrain.errors import RewardError
@@ -26,6 +42,31 @@ from posttrain.errors import RewardError
 RewardFn = Callable[..., Sequence]
 MAX_ABS_REWARD = 1e9  # beyond it, float32 group statistics (squares) overflow
 ON_ERROR = ("raise", "zero", "skip")
+CALL_STYLES = ("auto", "posttrain", "trl")
+
+
+def call_style(fn: RewardFn, requested: str = "auto") -> str:
+    """``posttrain`` or ``trl`` for ``fn`` (see the module docstring)."""
+    if requested != "auto":
+        return requested
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature: call it as posttrain does
+        return "posttrain"
+    kinds = [p.kind for p in params]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY,
+                           inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    return "posttrain" if positional >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds else "trl"
+
+
+def trl_arguments(prompts: list, completions: list[str], completion_ids: list[list[int]],
+                  prompt_forms: list | None) -> dict[str, list]:
+    """TRL's keyword arguments: prompts in the row's own form; completions as one assistant
+    message for conversational prompts, as text otherwise."""
+    forms = prompt_forms if prompt_forms is not None else prompts
+    shaped = [[{"role": "assistant", "content": text}] if isinstance(form, list) else text
+              for form, text in zip(forms, completions)]
+    return {"prompts": list(forms), "completions": shaped, "completion_ids": completion_ids}
 
 
 def reward_name(fn: Callable) -> str:
@@ -77,7 +118,10 @@ class RewardSet:
         names: Sequence[str] | None = None,
         timeout_s: float | None = None,
         on_error: str = "raise",
+        styles: Sequence[str] | None = None,
     ) -> None:
+        if styles is not None and any(st not in CALL_STYLES for st in styles):
+            raise RewardError(f"reward call styles {list(styles)}: use {list(CALL_STYLES)}")
         if on_error not in ON_ERROR:
             raise RewardError(f"on_error={on_error!r}: choose one of {list(ON_ERROR)}")
         if timeout_s is not None and not timeout_s > 0:
@@ -104,6 +148,10 @@ class RewardSet:
             if not callable(fn):
                 raise RewardError(f"reward {name!r} is not callable (got {type(fn).__name__})")
         self.weights = self._resolve_weights(weights)
+        requested = list(styles) if styles is not None else ["auto"] * len(self.functions)
+        if len(requested) != len(self.functions):
+            raise RewardError(f"{len(requested)} call styles for {len(self.functions)} rewards")
+        self.styles = [call_style(fn, st) for fn, st in zip(self.functions, requested)]
         self.all_none_rows = 0  # running count over every batch scored so far
         self.__name__ = "+".join(self.names)
 
@@ -133,10 +181,12 @@ class RewardSet:
         completion_ids: list[list[int]],
         columns: Mapping[str, list] | None = None,
         row_ids: Sequence[int] | None = None,
+        prompt_forms: list | None = None,
     ) -> RewardOutput:
         """Call every function on the batch and combine. ``columns`` are the extra dataset
         columns (passed on as keyword lists); ``row_ids`` (default 0..N-1) are the row numbers
-        used in error messages, e.g. dataset indices."""
+        used in error messages, e.g. dataset indices; ``prompt_forms`` are the prompts as the
+        rows gave them (text or messages), for TRL-style functions."""
         n = len(completions)
         columns = dict(columns or {})
         ids = list(row_ids) if row_ids is not None else list(range(n))
@@ -148,9 +198,15 @@ class RewardSet:
         per_function: dict[str, list[float | None]] = {}
         errors: dict[str, int] = {}
         first = f"row {ids[0]}" if ids else "an empty batch"
-        for name, fn in zip(self.names, self.functions):
+        trl = None
+        for name, fn, style in zip(self.names, self.functions, self.styles):
             try:
-                raw = self._call(name, fn, (prompts, completions, completion_ids), columns)
+                if style == "trl":
+                    trl = trl or trl_arguments(prompts, completions, completion_ids,
+                                               prompt_forms)
+                    raw = self._call(name, fn, (), {**columns, **trl})
+                else:
+                    raw = self._call(name, fn, (prompts, completions, completion_ids), columns)
                 per_function[name] = _validate(name, raw, n, ids)
             except RewardError as err:
                 if self.on_error == "raise":
@@ -179,14 +235,14 @@ class RewardSet:
         past ``timeout_s`` (it is then left to finish in a background thread)."""
         if self.timeout_s is None:
             try:
-                return fn(*args, **columns)
+                return _resolve(fn(*args, **columns))
             except (Exception, SystemExit) as exc:
                 raise RewardError(_describe(name, exc)) from exc
         box: dict[str, object] = {}
 
         def run() -> None:
             try:
-                box["value"] = fn(*args, **columns)
+                box["value"] = _resolve(fn(*args, **columns))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                 box["error"] = exc
 
@@ -203,27 +259,34 @@ class RewardSet:
             raise RewardError(_describe(name, error)) from error
         return box.get("value")
 
-    def check(self, prompt: object, columns: Mapping[str, object], where: str) -> None:
+    def check(self, prompt: object, columns: Mapping[str, object], where: str,
+              prompt_form: object = None) -> None:
         """Before training, on one row (``where`` names it): every function accepts
         ``(prompts, completions, completion_ids, **columns)`` and returns one valid value
         for an empty completion. Functions that offer ``validate_rows(columns, locations)``
         (e.g. the code reward, whose tests must be of a form it can judge) are also given
         every row by the caller."""
         one = {key: [value] for key, value in columns.items()}
-        for name, fn in zip(self.names, self.functions):
+        for name, fn, style in zip(self.names, self.functions, self.styles):
+            if style == "trl":
+                forms = [prompt_form] if prompt_form is not None else None
+                args, kwargs = (), {**one, **trl_arguments([prompt], [""], [[]], forms)}
+                shape = "f(prompts=, completions=, completion_ids=, **columns) (TRL's style)"
+            else:
+                args, kwargs = ([prompt], [""], [[]]), one
+                shape = "f(prompts, completions, completion_ids, **columns)"
             try:
-                inspect.signature(fn).bind([prompt], [""], [[]], **one)
+                inspect.signature(fn).bind(*args, **kwargs)
             except TypeError as err:
                 raise RewardError(
-                    f"reward function {name!r} cannot be called as f(prompts, completions, "
-                    f"completion_ids, **columns) with the columns of {where} "
-                    f"({sorted(columns)}): {err}. Add the missing column to the data, or give "
-                    "the function a default for it."
+                    f"reward function {name!r} cannot be called as {shape} with the columns of "
+                    f"{where} ({sorted(columns)}): {err}. Add the missing column to the data, "
+                    "or give the function a default for it (docs/rewards.md)."
                 ) from None
             except ValueError:  # no inspectable signature: the call below decides
                 pass
             try:
-                _validate(name, self._call(name, fn, ([prompt], [""], [[]]), one), 1, [where])
+                _validate(name, self._call(name, fn, args, kwargs), 1, [where])
             except RewardError as err:
                 raise RewardError(f"{err} (checked on {where} with an empty completion, "
                                   "before training)") from None
@@ -265,6 +328,18 @@ def _validate(name: str, raw: object, n: int, ids: list[int]) -> list[float | No
                               "float32); scale it down")
         out.append(float(v))
     return out
+
+
+def _resolve(result: object) -> object:
+    """The value of an ``async def`` reward (awaited on a fresh event loop in a worker thread,
+    which works whether or not the caller already runs a loop); other values as they are."""
+    if inspect.isawaitable(result):
+        async def wait():
+            return await result
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, wait()).result()
+    return result
 
 
 def _describe(name: str, exc: BaseException) -> str:

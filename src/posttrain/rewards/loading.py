@@ -59,12 +59,12 @@ def load_reward(spec: str | RewardFn, **options) -> RewardFn:
 
 def load_reward_set(
     specs: Sequence[str | RewardFn | Mapping], weights: Sequence[float] | None = None,
-    timeout_s: float | None = None, on_error: str = "raise",
+    timeout_s: float | None = None, on_error: str = "raise", call_style: str = "auto",
 ) -> RewardSet:
     """A ``RewardSet`` from a list of specs. A mapping spec is ``{"name": spec, "weight": w,
     **options}``; its weight wins over ``weights``. Built-ins are logged under their spec name
     (``rewards/math/mean``), user functions under their ``__name__``."""
-    functions, resolved, names = [], [], []
+    functions, resolved, names, styles = [], [], [], []
     if weights is not None and len(weights) != len(specs):
         raise ConfigError(f"{len(weights)} reward weights for {len(specs)} rewards: give one "
                           "weight per reward")
@@ -84,7 +84,9 @@ def load_reward_set(
         resolved.append(weight)
         builtin = isinstance(name, str) and name.strip() in BUILTIN_REWARDS
         names.append(name.strip() if builtin else reward_name(functions[-1]))
-    return RewardSet(functions, resolved, names=names, timeout_s=timeout_s, on_error=on_error)
+        styles.append("posttrain" if builtin else call_style)  # built-ins read text
+    return RewardSet(functions, resolved, names=names, timeout_s=timeout_s, on_error=on_error,
+                     styles=styles)
 
 
 def _builtin(name: str, options: dict) -> RewardFn:

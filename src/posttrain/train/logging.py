@@ -71,14 +71,16 @@ class MetricsLogger:
                 ) from None
             self.wandb = wandb.init(name=run_name, config=config)
         if show_progress:
+            # step count and times first, metrics last: a narrow terminal (80 columns) cuts
+            # the metrics text, never the ETA
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
                 console=console,
                 transient=False,
             )
@@ -104,7 +106,9 @@ class MetricsLogger:
         keys = [*self.console_keys, *(f"eval/{k}" for k in self.console_keys)]  # + eval rows
         shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in dict.fromkeys(keys) if k in metrics)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=shown)
+            room = max(10, console.width - 56)  # what the bar, counts and times leave
+            info = shown if len(shown) <= room else shown[: room - 1] + "…"
+            self.progress.update(self.task, completed=step, info=info)
         else:
             console.print(f"step {step}: {shown}")
 

@@ -25,15 +25,15 @@ import functools
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from posttrain.config import TrainConfig, to_dict
+from posttrain.config import to_dict
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.train.checkpoint import (
     CheckpointError,
@@ -48,8 +48,15 @@ from posttrain.train.guards import StopRequests, TrainingStopped, weights_finite
 from posttrain.train.logging import MetricsLogger, console
 from posttrain.train.metrics import StepMetrics
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.resume import check_config, check_same_batch, resume_point, truncate_metrics
+from posttrain.train.resume import (
+    check_config,
+    check_same_algorithm,
+    check_same_batch,
+    resume_point,
+    truncate_metrics,
+)
 from posttrain.train.sharding import deepspeed_backward, is_deepspeed, make_accelerator
+from posttrain.train.trainer import Callback, Trainer
 
 MAX_NONFINITE_STEPS = 5
 
@@ -73,36 +80,10 @@ class StepBatch:
     outcome: dict[str, float] = field(default_factory=dict)
 
 
-class Algorithm(Protocol):
-    config: TrainConfig
-    model: nn.Module  # what the optimiser trains (HF model, peft model, or a ModuleDict)
-    tokenizer: Any
-
-    def total_steps(self) -> int: ...
-
-    def step_batches(self, start_step: int) -> Iterator[StepBatch]: ...
-
-    def loss(
-        self, wrapped: nn.Module, micro_batch: Any, step_batch: StepBatch
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """This micro-batch's share of the step loss, and its metrics as ``metrics.stat``
-        statistics (sums and counts)."""
-        ...
-
-    def wrap(self, model: nn.Module) -> nn.Module: ...
-
-    def evaluate(self, wrapped: nn.Module) -> dict[str, float]: ...
-
-    def save(self, output_dir: str, state_dicts: Any) -> None:
-        """Write the output folder (process 0 only); ``state_dicts(module)`` gives a module's
-        full state dict, gathered from every process when the weights are sharded."""
-        ...
-
-    def attach(self, wrapped: nn.Module, accelerator: Any) -> None: ...
-
-
-def train(algorithm: Algorithm) -> dict[str, float]:
-    """Run ``algorithm`` to completion (or resume it); returns the last logged metrics."""
+def train(algorithm: Trainer, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Run ``algorithm`` to completion (or resume it); returns the last logged metrics and the
+    final evaluation's. ``callbacks`` (``trainer.Callback``) hear of every logged step and
+    evaluation, on process 0."""
     config = algorithm.config
     accelerator = make_accelerator(config.mixed_precision)
     torch.manual_seed(config.seed)
@@ -131,10 +112,10 @@ def train(algorithm: Algorithm) -> dict[str, float]:
         check_config(manifest.get("config", {}), to_dict(config), config.allow_config_change,
                      say, found)
         state = load_checkpoint(found, accelerator, wrapped, optimizer, scheduler)
-        check_same_batch(state, getattr(algorithm, "examples_per_step", None), found)
+        check_same_batch(state, algorithm.examples_per_step, found)
+        check_same_algorithm(state, type(algorithm).__name__, found)
         start_step = state["step"]
-        if hasattr(algorithm, "load_state_dict"):
-            algorithm.load_state_dict(state.get("algorithm", {}))
+        algorithm.load_state_dict(state.get("algorithm", {}))
     if accelerator.is_main_process:
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", start_step)
 
@@ -146,8 +127,9 @@ def train(algorithm: Algorithm) -> dict[str, float]:
         to_dict(config),
         show_progress=config.progress,
         enabled=accelerator.is_main_process,
-        console_keys=getattr(algorithm, "console_keys", ("loss",)),
+        console_keys=algorithm.console_keys,
     )
+    hear = callbacks if accelerator.is_main_process else ()
     if start_step:
         logger.message(f"resumed from {found} at step {start_step}/{total_steps}")
     if accelerator.num_processes > 1:
@@ -163,7 +145,7 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     checkpoint = functools.partial(_checkpoint, accelerator, algorithm, wrapped, optimizer,
                                    scheduler)
     if config.eval_on_start and start_step == 0:
-        logger.log(0, _evaluate(algorithm, wrapped))
+        _log_evaluation(logger, hear, 0, _evaluate(algorithm, wrapped))
     algorithm.model.train()
     batches = algorithm.step_batches(start_step)
     try:
@@ -229,10 +211,12 @@ def train(algorithm: Algorithm) -> dict[str, float]:
                 if step % config.logging_steps == 0 or step == total_steps:
                     last_metrics = step_batch.outcome
                     logger.log(step, last_metrics)
+                    for callback in hear:
+                        callback.on_step_end(step, last_metrics)
                 else:
                     logger.advance_to(step)
                 if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
-                    logger.log(step, _evaluate(algorithm, wrapped))
+                    _log_evaluation(logger, hear, step, _evaluate(algorithm, wrapped))
                 if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                     checkpoint(step)
                     saved_step = step
@@ -249,8 +233,10 @@ def train(algorithm: Algorithm) -> dict[str, float]:
         # after the save: a failing final evaluation cannot lose the trained weights
         final_eval = _final_evaluation(algorithm, wrapped, config.output_dir)
         if final_eval:
-            logger.log(step, final_eval)
+            _log_evaluation(logger, hear, step, final_eval)
             last_metrics.update(final_eval)
+        for callback in hear:
+            callback.on_train_end(step, last_metrics)
     except (TrainingStopped, CheckpointError, KeyboardInterrupt):
         raise
     except BaseException:
@@ -265,7 +251,14 @@ def train(algorithm: Algorithm) -> dict[str, float]:
     return last_metrics
 
 
-def _final_evaluation(algorithm: Algorithm, wrapped: nn.Module, output_dir: str) -> dict:
+def _log_evaluation(logger, callbacks, step: int, metrics: dict[str, float]) -> None:
+    if metrics:
+        logger.log(step, metrics)
+        for callback in callbacks:
+            callback.on_evaluate(step, metrics)
+
+
+def _final_evaluation(algorithm: Trainer, wrapped: nn.Module, output_dir: str) -> dict:
     try:
         return _evaluate(algorithm, wrapped)
     except Exception as err:
@@ -279,9 +272,8 @@ def _checkpoint(accelerator, algorithm, wrapped, optimizer, scheduler, step: int
     """A collective call: sharded weights and optimiser states are gathered from every process,
     then process 0 writes them in a layout that resumes on any number of processes."""
     state = {"step": step, "world_size": accelerator.num_processes,
-             "examples_per_step": getattr(algorithm, "examples_per_step", None)}
-    if hasattr(algorithm, "state_dict"):
-        state["algorithm"] = algorithm.state_dict()
+             "examples_per_step": algorithm.examples_per_step,
+             "trainer": type(algorithm).__name__, "algorithm": algorithm.state_dict()}
     save_checkpoint(
         checkpoint_dir(algorithm.config.output_dir, step),
         accelerator,
@@ -313,7 +305,7 @@ def _clip(accelerator, model: nn.Module, max_norm: float) -> float:
     return float(accelerator.clip_grad_norm_(params, float("inf")))
 
 
-def _evaluate(algorithm: Algorithm, wrapped: nn.Module) -> dict[str, float]:
+def _evaluate(algorithm: Trainer, wrapped: nn.Module) -> dict[str, float]:
     """The algorithm's eval metrics under ``eval/``, with the seconds it took (so learning
     curves can be drawn against training time alone). Every process takes part."""
     start = time.time()

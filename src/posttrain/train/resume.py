@@ -78,6 +78,17 @@ def check_same_batch(state: dict, examples_per_step: int | None, found: Path) ->
     )
 
 
+def check_same_algorithm(state: dict, trainer: str, found: Path) -> None:
+    """A checkpoint continues the trainer that wrote it (a DPO run must not resume an SFT run's
+    folder). GRPO and RLOO share a trainer; their configs differ (advantage_estimator), which
+    ``check_config`` refuses."""
+    saved = state.get("trainer")
+    if saved is not None and saved != trainer:
+        raise ConfigError(
+            f"{found} was written by {saved}, not {trainer}: give this run its own output_dir."
+        )
+
+
 def truncate_metrics(path: Path, keep_through_step: int) -> int:
     """Drop logged steps after the step we (re)start from (a killed run may have logged steps
     beyond its last checkpoint, and they will be logged again) and any line a crash or a full
