@@ -200,7 +200,8 @@ def test_checkpoints_resume_across_world_sizes(data, tmp_path):
     would change the effective batch is refused with the fix."""
     work = tmp_path / "work"
     shutil.copytree(data, work)
-    args = [*COMMON, "train_data=sft.jsonl", "per_device_batch_size=2", "learning_rate=1e-3"]
+    args = [*COMMON, "train_data=sft.jsonl", "per_device_batch_size=2", "learning_rate=1e-3",
+            "save_final_checkpoint=true"]
     one_process(["sft", *args, "gradient_accumulation_steps=2", "max_steps=4",
                  f"output_dir={work / 'whole'}"], work)
     # 2 -> 1
@@ -250,7 +251,8 @@ def test_fsdp2_on_cpu_matches_one_process_and_saves_a_plain_folder(algorithm, da
     args, one_extra, files = FSDP_CASES[algorithm]
     work = tmp_path / "work"
     shutil.copytree(data, work)
-    run = accelerate_launch("fsdp.yaml", [algorithm, *COMMON, *args, "output_dir=sharded"], work,
+    run = accelerate_launch("fsdp.yaml", [algorithm, *COMMON, *args, "output_dir=sharded",
+                                          "save_final_checkpoint=true"], work,
                             extra_env={"POSTTRAIN_FSDP_ON_CPU": "1"})
     assert "DistributedType.FSDP" in run.stderr
     one_process([algorithm, *COMMON, *args, *one_extra, f"output_dir={work / 'one'}"], work)

@@ -52,7 +52,8 @@ def straight(memorise_data, tmp_path):
 
 def interrupted(memorise_data, out: Path) -> None:
     """Two steps (checkpoints at 1 and 2), as if killed right after step 2."""
-    train(SFT(sft_config(memorise_data, out, max_steps=2, save_steps=1, save_total_limit=0)))
+    train(SFT(sft_config(memorise_data, out, max_steps=2, save_steps=1, save_total_limit=0,
+                         save_final_checkpoint=True)))
     (out / "model.safetensors").unlink()
 
 
@@ -146,7 +147,8 @@ def small_disk(tmp_path):
 def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(memorise_data, small_disk,
                                                                straight):
     out = small_disk / "run"
-    train(SFT(sft_config(memorise_data, out, max_steps=2, save_steps=1, save_total_limit=0)))
+    train(SFT(sft_config(memorise_data, out, max_steps=2, save_steps=1, save_total_limit=0,
+                         save_final_checkpoint=True)))
     filler = small_disk / "filler"
     free = shutil.disk_usage(small_disk).free
     filler.write_bytes(b"\0" * max(0, free - 200_000))  # leave 200 kB: no room for a checkpoint

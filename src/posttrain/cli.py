@@ -202,10 +202,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _load_for_generation(name: str):
-    from posttrain.models import load_tokenizer, load_trained
+    from posttrain.models import load_tokenizer, load_trained, tokenizer_name
     from posttrain.rollout.hf import HFGenerator
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(tokenizer_name(name))
     model = load_trained(name)
     model.eval()
     return tokenizer, HFGenerator(model, tokenizer)

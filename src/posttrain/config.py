@@ -128,6 +128,18 @@ class TrainConfig:
     )
     save_steps: int = option(0, "Checkpoint every N steps (0 = only at the end).")
     save_total_limit: int = option(2, "Keep only the newest N checkpoints (0 = keep all).")
+    save_final_checkpoint: bool = option(
+        False,
+        "Also write a checkpoint at the end (with the optimiser state, ~3x the trained weights), "
+        "to continue the run later with --resume. The model folder is always written.",
+    )
+    push_to_hub: bool = option(
+        False, "Upload the finished model folder to the Hugging Face hub (needs a token)."
+    )
+    hub_model_id: str | None = option(
+        None, "Hub repository for push_to_hub, 'user/name'; default: output_dir's name."
+    )
+    hub_private: bool = option(True, "Create the hub repository as private.")
     resume: bool = option(
         False, "Continue from the newest checkpoint in output_dir/checkpoints (--resume)."
     )
@@ -253,17 +265,20 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """The run's config as YAML; in-memory data (a list of rows, a Dataset) is described."""
-    plain = {key: _describe_value(value) for key, value in to_dict(config).items()}
+    plain = {key: _describe_value(getattr(config, key)) if key in ("train_data", "eval_data")
+             else value for key, value in to_dict(config).items()}
     Path(path).write_text(yaml.safe_dump(plain, sort_keys=False))
 
 
 def _describe_value(value: Any) -> Any:
-    try:
-        yaml.safe_dump(value)
+    """Data given as objects (rows, a Dataset) is named, not copied into the YAML; a mixture
+    of files stays as written."""
+    if value is None or isinstance(value, str):
         return value
-    except yaml.YAMLError:
-        size = len(value) if hasattr(value, "__len__") else "?"
-        return f"<in-memory {type(value).__name__} of {size} rows>"
+    if isinstance(value, list) and all(isinstance(e, dict) and "path" in e for e in value):
+        return value  # a mixture spec
+    size = len(value) if hasattr(value, "__len__") else "?"
+    return f"<in-memory {type(value).__name__} of {size} rows>"
 
 
 # --- names from other toolkits ---------------------------------------------------------------

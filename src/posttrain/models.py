@@ -188,6 +188,19 @@ def load_trained(folder: str | Path, dtype: str = "auto"):
     return load_causal_lm(str(folder), dtype)
 
 
+def tokenizer_name(name: str) -> str:
+    """Where a saved model's tokenizer is: the folder itself, or, for a checkpoint folder
+    (which holds weights only), the run's tokenizer / model."""
+    import json
+
+    folder = Path(name)
+    manifest = folder / "manifest.json"
+    if folder.is_dir() and manifest.exists() and not (folder / "tokenizer_config.json").exists():
+        config = json.loads(manifest.read_text()).get("config", {})
+        return config.get("tokenizer") or config["model"]
+    return name
+
+
 def load_checkpoint_model(folder: Path, dtype: str = "auto"):
     """The policy at a checkpoint: base model (and LoRA adapter) as in the run's recorded
     config, then the checkpoint's trained weights on top."""

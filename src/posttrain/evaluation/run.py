@@ -58,7 +58,7 @@ def evaluate(
     every level). With ``output``, one jsonl line per answer is written there. The result is the
     evaluator's summary plus ``model``, ``split`` and ``seconds``; ``records`` holds every answer.
     """
-    from posttrain.models import load_tokenizer, load_trained
+    from posttrain.models import load_tokenizer, load_trained, tokenizer_name
 
     rows = task_rows(task, split, data)
     if limit is not None:
@@ -66,7 +66,7 @@ def evaluate(
             raise ConfigError(f"limit must be >= 1, got {limit}.")
         rows = rows[:limit]
     start = time.perf_counter()
-    tokenizer = load_tokenizer(model_name_or_folder)
+    tokenizer = load_tokenizer(tokenizer_name(model_name_or_folder))
     model = load_trained(model_name_or_folder, dtype)
     model.eval()
     if task == "arithmetic":

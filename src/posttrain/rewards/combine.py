@@ -46,17 +46,24 @@ CALL_STYLES = ("auto", "posttrain", "trl")
 
 
 def call_style(fn: RewardFn, requested: str = "auto") -> str:
-    """``posttrain`` or ``trl`` for ``fn`` (see the module docstring)."""
+    """``posttrain`` or ``trl`` for ``fn`` (see the module docstring): posttrain's for
+    ``f(prompts, completions, completion_ids, ...)`` (those names, positional-only
+    parameters, or ``*args``), TRL's keyword style for anything else."""
     if requested != "auto":
         return requested
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature: call it as posttrain does
         return "posttrain"
-    kinds = [p.kind for p in params]
-    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY,
-                           inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
-    return "posttrain" if positional >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds else "trl"
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return "posttrain"
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 and (
+            all(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in positional[:3])
+            or [p.name for p in positional[1:3]] == ["completions", "completion_ids"]):
+        return "posttrain"
+    return "trl"
 
 
 def trl_arguments(prompts: list, completions: list[str], completion_ids: list[list[int]],

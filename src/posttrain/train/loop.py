@@ -45,6 +45,7 @@ from posttrain.train.checkpoint import (
 )
 from posttrain.train.distributed import my_share
 from posttrain.train.guards import StopRequests, TrainingStopped, weights_finite
+from posttrain.train.hub_push import hub_login_check, push_folder
 from posttrain.train.logging import MetricsLogger, console
 from posttrain.train.metrics import StepMetrics
 from posttrain.train.optim import build_optimizer, build_scheduler
@@ -103,6 +104,8 @@ def train(algorithm: Trainer, callbacks: Sequence[Callback] = ()) -> dict[str, f
 
     if accelerator.is_main_process:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        if config.push_to_hub:
+            hub_login_check()  # before any training, not after hours of it
     accelerator.wait_for_everyone()
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     start_step, found, manifest = 0, None, {}
@@ -227,9 +230,13 @@ def train(algorithm: Trainer, callbacks: Sequence[Callback] = ()) -> dict[str, f
                         f"stopped by {signal.Signals(signum).name} after step {step}/"
                         f"{total_steps}; checkpoint saved in "
                         f"{checkpoint_dir(config.output_dir, step)}", signum)
-        checkpoint(step)
-        saved_step = step
+        if config.save_final_checkpoint:
+            checkpoint(step)
+            saved_step = step
         _save(accelerator, algorithm, wrapped)
+        if config.push_to_hub and accelerator.is_main_process:
+            url = push_folder(config.output_dir, config.hub_model_id, config.hub_private)
+            logger.message(f"pushed {config.output_dir} to {url}")
         # after the save: a failing final evaluation cannot lose the trained weights
         final_eval = _final_evaluation(algorithm, wrapped, config.output_dir)
         if final_eval:
