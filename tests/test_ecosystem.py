@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 import posttrain
-from conftest import write_jsonl
 from posttrain.cli import main
 from posttrain.config import load_config
 from posttrain.data.loading import load_rows
