@@ -65,6 +65,16 @@ MATH_CASES = [
     ("It is \\boxed{10\\%}", "10\\%", 1.0),
     ("so 2 + 2 = 4. Then 4 * 3 = 12.\nSo she has 12 apples left.", "12", 1.0),
     ("so 2 + 2 = 4. Then 4 * 3 = 12.\nSo she has 12 apples left.", "4", 0.0),
+    # the question copied into the box: math-verify would evaluate it; a number was asked for
+    ("\\boxed{47 * 38}", "1786", 0.0),
+    ("\\boxed{47 \\times 38}", "1786", 0.0),
+    ("The final answer is $47 \\cdot 38$.", "1786", 0.0),
+    ("\\boxed{1786 + 0}", "1786", 0.0),
+    ("\\boxed{2^{10}}", "1024", 0.0),
+    ("\\boxed{-3 - 2}", "-5", 0.0),
+    ("\\boxed{1786}", "1786", 1.0),
+    ("\\boxed{-5}", "-5", 1.0),
+    ("\\boxed{x^2+1}", "x^2 + 1", 1.0),  # a symbolic gold may be an expression
 ]
 
 

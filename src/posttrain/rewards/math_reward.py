@@ -6,7 +6,10 @@ line. Never "does the gold number appear anywhere": such a checker pays a model 
 question ("40 + 92 = 136 is the answer to 40 + 92" contains 92 and 40, and with luck the gold).
 
 Equivalence is decided by math-verify (``\\frac12`` == 0.5, ``1{,}000`` == 1000, ``x = 5`` == 5,
-units in ``\\text{}``), after an exact fast path for plain numbers. math-verify's own timeouts use
+units in ``\\text{}``), after an exact fast path for plain numbers. When the gold answer is a
+number, an answer that still computes (``\\boxed{47 * 38}``, ``47 \\times 38``, ``1786 + 0``)
+earns nothing: math-verify would evaluate it and pay a policy for copying the question into the
+box, which a GRPO run on the arithmetic task learned within 20 steps. math-verify's own timeouts use
 ``signal.alarm`` (main thread only) and cannot interrupt a long C-level computation: sympy will
 happily try to evaluate ``2^{10^{10}}`` for minutes and gigabytes. So math-verify runs in a
 persistent helper process with its timeouts off, a memory cap and a per-item deadline enforced
@@ -46,6 +49,11 @@ _LEADING_NUMBER_RE = re.compile(
 _MATH_SEGMENT_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?$")
 _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# an operator between two operands: the answer is still a computation, not a value
+_COMPUTES_RE = re.compile(
+    r"[\d.)}\]]\s*(?:[-+*/^\u00d7\u00f7\u22c5]|\\times|\\cdot|\\div|\\ast|\*\*)\s*"
+    r"[-\d.({\[\\]"
+)
 
 
 def _last_boxed(text: str) -> str | None:
@@ -158,7 +166,19 @@ def answers_match(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIM
             return True
         if "." not in pred + gold:  # distinct integers/fractions; decimals go on to rounding rules
             return False
+    if exact_gold is not None and exact_pred is None and computes(pred):
+        return False  # a number was asked for; "47 * 38" is the question, not its answer
     return _WORKER.verify(gold, pred, timeout_s)
+
+
+def computes(answer: str) -> bool:
+    """Does ``answer`` still contain an operation between operands (``47 * 38``, ``2^{10}``,
+    ``3 + 4``)? Fractions (``3/4``, ``\\frac{3}{4}``) and signs (``-5``) do not count."""
+    text = answer.replace("\u2212", "-")
+    text = re.sub(r"^\s*[A-Za-z]\s*=\s*", "", text)  # "x = 5" is a value
+    if _as_plain_number(text) is not None:
+        return False
+    return bool(_COMPUTES_RE.search(text))
 
 
 def math_reward(
