@@ -101,7 +101,7 @@ def test_trl_config_names_are_accepted(tmp_path):
             config.max_new_tokens, config.use_lora, config.rollout_backend,
             config.mixed_precision, config.lr_scheduler) == (
         "random:tiny", "hf:trl-lib/tldr", 4, 2.0, 64, True, "hf", "no", "linear")
-    assert posttrain.make_config("ppo", {"train_data": "x", "num_ppo_epochs": 2}).ppo_epochs == 2
+    assert posttrain.make_config("ppo", {"train_data": "x", "num_ppo_epochs": 2}).num_iterations == 2
 
 
 def test_hints_do_not_mislead_and_no_reads_as_no(tmp_path):

@@ -123,13 +123,30 @@ def test_several_iterations_store_old_logprobs(prompts_file, tmp_path):
 
 
 def test_lora_reference_is_the_base_model(prompts_file, tmp_path):
+    """The reference is the base model (adapter switched off), not the adapted policy: with an
+    adapter that changes the model, reference log-probs equal the base model's, and the KL is
+    positive. (A fresh adapter has B = 0, so the check needs a trained-looking one.)"""
+    from posttrain.tiny import build_tiny_model
+    from posttrain.train.forward import TokenLogprobs
+
     algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), beta=0.1,
                      use_lora=True, lora_r=4)
     assert algorithm.reference is None  # no second copy in memory
-    _, (step,) = first_round(algorithm)
+    with torch.no_grad():
+        for name, p in algorithm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    data, (step,) = first_round(algorithm)
+    base = TokenLogprobs(build_tiny_model(algorithm.tokenizer, seed=0).eval())
     for mb in step.micro_batches:
+        with torch.no_grad():
+            expected = algorithm.logprobs(base, mb)[0]
+            adapted = algorithm.logprobs(algorithm.wrapped, mb)[0]
+        mask = mb["completion_mask"].bool()
+        torch.testing.assert_close(mb["ref_logprobs"][mask], expected[mask], atol=1e-4, rtol=0)
+        assert not torch.allclose(adapted[mask], expected[mask], atol=1e-2)
         _, metrics = algorithm.loss(algorithm.wrapped, mb, step)
-        assert stat_mean(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)  # fresh adapter: policy == base
+        assert stat_mean(metrics["kl"]) > 1e-3
 
 
 def test_reward_error_names_the_function(prompts_file, tmp_path):
@@ -224,3 +241,58 @@ def test_stored_old_logprobs_move_to_the_training_device():
     current = torch.ones(2, 3, requires_grad=True)
     fallback = OnlineRL.old_logprobs(trainer, {}, current)
     assert not fallback.requires_grad and torch.equal(fallback, current.detach())
+
+
+def test_reinforce_pp_whitens_over_the_rounds_tokens(prompts_file, tmp_path):
+    from posttrain.ops.stats import masked_mean
+
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,),
+                     advantage_estimator="reinforce_pp")
+    data, (step,) = first_round(algorithm)
+    mask = data.rollout.to_padded_tensors(algorithm.pad_id)["completion_mask"]
+    assert data.advantages.shape == mask.shape  # one advantage per token
+    assert float(masked_mean(data.advantages, mask)) == pytest.approx(0.0, abs=1e-5)
+    var = masked_mean((data.advantages - masked_mean(data.advantages, mask)) ** 2, mask)
+    assert float(var) == pytest.approx(1.0, abs=0.05)
+    for row, length in enumerate(mask.sum(1).long().tolist()):  # the same within a completion
+        assert torch.allclose(data.advantages[row, :length], data.advantages[row, 0])
+    loss, _ = algorithm.loss(algorithm.wrapped, step.micro_batches[0], step)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_scale_rewards(prompts_file, tmp_path, scale):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), scale_rewards=scale)
+    data, _ = first_round(algorithm)
+    grouped = data.rewards.reshape(-1, 4)
+    centred = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    if scale == "none":
+        expected = centred
+    elif scale == "batch":
+        expected = centred / (data.rewards.std() + 1e-4)
+    else:
+        expected = centred / (grouped.std(1, keepdim=True).repeat_interleave(4, 0)[:, 0] + 1e-4)
+    torch.testing.assert_close(data.advantages, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_mask_truncated_completions_leaves_them_out(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), max_new_tokens=2,
+                     mask_truncated_completions=True)
+    data, steps = first_round(algorithm)
+    truncated = [i for i, r in enumerate(data.rollout.finish_reasons) if r == "length"]
+    assert truncated and not set(truncated) & set(data.keep)
+    assert data.metrics["trained_completions"] == len(data.keep)
+    assert sum(len(mb["rows"]) for step in steps for mb in step.micro_batches) == len(data.keep)
+
+
+def test_system_prompt_and_prompt_column(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i}?", "answer": str(i)}) + "\n"
+                            for i in range(4)))
+    algorithm = make(path, tmp_path, rewards=(answer_length,), prompt_column="question",
+                     system_prompt="Answer in one word.")
+    first = algorithm.prompts[0].prompt
+    assert first[0] == {"role": "system", "content": "Answer in one word."}
+    assert first[1] == {"role": "user", "content": "What is 0?"}
+    with pytest.raises(Exception, match="prompt"):
+        make(path, tmp_path, rewards=(answer_length,))  # without prompt_column: no `prompt`

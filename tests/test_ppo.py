@@ -269,7 +269,8 @@ def test_value_model_from_a_reward_model(prompts_file, tmp_path, tiny_tokenizer,
     ({"kl_stop": 0.0}, "kl_stop must be > 0"),
     ({"missing_eos_penalty": -1.0}, "positive number"),
     ({"num_generations": 0}, "must be >= 1"),
-    ({"ppo_epochs": 2, "num_iterations": 3}, "give only one"),
+    ({"ppo_epochs": 2, "num_iterations": 3}, "same setting"),
+    ({"ppo_epochs": 2, "num_iterations": 4}, "same setting"),  # also when one is the default
     ({"value_learning_rate": -1e-5}, "value_learning_rate must be >= 0"),
     ({"mini_batches": 3}, "must divide"),
 ])
@@ -280,7 +281,7 @@ def test_config_errors(values, message):
 
 def test_config_defaults_and_aliases():
     config = load_config(PPOConfig, values={"train_data": "x.jsonl", "ppo_epochs": 2})
-    assert (config.num_iterations, config.ppo_epochs, config.num_generations) == (2, 2, 1)
+    assert (config.num_iterations, config.num_generations) == (2, 1)
     assert (config.gamma, config.lam, config.epsilon, config.value_clip) == (1.0, 0.95, 0.2, 0.2)
     assert (config.vf_coef, config.kl_coef, config.kl_estimator) == (0.1, 0.05, "k1")
     assert config.whiten_advantages and not config.whiten_rewards

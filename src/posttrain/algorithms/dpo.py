@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import gc
 import os
-from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,33 +37,28 @@ import torch
 from torch import nn
 
 from posttrain.algorithms.pairs import (
+    PairTrainer,
     TokenizedPair,
     cache_path,
     collate_pairs,
-    load_pairs,
     parameters_fingerprint,
     read_cache,
     response_logps,
     weights_fingerprint,
     write_cache,
 )
-from posttrain.config import TrainConfig, option, save_config
+from posttrain.config import TrainConfig, option
 from posttrain.errors import ConfigError
 from posttrain.models import (
     add_lora,
     is_peft,
     load_causal_lm,
     load_policy,
-    load_tokenizer,
-    save_model,
 )
 from posttrain.ops.preference import DPO_LOSS_TYPES, combined_dpo_loss
-from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.batching import split_micro
 from posttrain.train.distributed import all_gather_objects, barrier, my_share, ranks
 from posttrain.train.forward import TokenLogprobs
-from posttrain.train.loop import StepBatch
-from posttrain.train.metrics import sharded_means, stats
-from posttrain.train.trainer import Trainer
 
 REF_CACHE_ENV = "POSTTRAIN_REF_CACHE"
 
@@ -145,18 +139,12 @@ def reference_source(config: DPOConfig) -> Literal["copy", "adapter"] | None:
 # --- the algorithm ------------------------------------------------------------------------------
 
 
-class DPO(Trainer):
+class DPO(PairTrainer):
     console_keys = ("loss", "rewards/accuracy", "rewards/margins")
 
     def __init__(self, config: DPOConfig, model=None, tokenizer=None):
-        self.config = c = config
-        self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
-                                      c.max_samples, c.max_length, c.columns, c.seed)
-        self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
-                                      None, c.max_length, c.columns, c.seed)
-                           if c.eval_data is not None else [])
+        super().__init__(config, tokenizer)
+        c = config
         self.model_given = model is not None
         if model is None:
             model = load_policy(c, self.tokenizer)
@@ -165,18 +153,8 @@ class DPO(Trainer):
         self.model = model
         self.source = reference_source(c)
         self.ref_model: nn.Module | None = None
-        # effective batch: micro x accumulation x processes (train/distributed.py)
-        self.examples_per_step = (c.per_device_batch_size * c.gradient_accumulation_steps
-                                  * ranks().world)
-        self.device = torch.device("cpu")
         self.accelerator = None
         self.wrapped: nn.Module | None = None
-
-    # --- what the shared loop needs ------------------------------------------------------
-    def total_steps(self) -> int:
-        c = self.config
-        return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
-                           c.max_steps)
 
     def attach(self, wrapped, accelerator) -> None:
         """Place the reference: load the copy (a full replica on every process, also under
@@ -186,43 +164,6 @@ class DPO(Trainer):
             self.precompute()
         elif self.source == "copy":
             self.ref_model = self.load_reference().to(self.device)
-
-    def step_batches(self, start_step: int) -> Iterator[StepBatch]:
-        c = self.config
-        for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
-                                    start_step, shuffle=c.shuffle):
-            items = [self.train_pairs[i] for i in indices]
-            micro = [collate_pairs(chunk, self.pad_id)
-                     for chunk in split_micro(items, c.per_device_batch_size)]
-            yield StepBatch(micro, {"pairs": len(items)})
-
-    def loss(self, wrapped, batch: dict, step_batch: StepBatch):
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        per_pair, values = self.pair_losses(wrapped, batch)  # [B], {key: [B]}
-        share = per_pair.sum() / step_batch.totals["pairs"]
-        return share, stats(values)
-
-    @torch.no_grad()
-    def evaluate(self, wrapped) -> dict[str, float]:
-        if not self.eval_pairs:
-            return {}
-        was_training = wrapped.training
-        wrapped.eval()
-
-        def pair_stats(chunk: list[TokenizedPair]) -> dict[str, torch.Tensor]:
-            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
-            per_pair, values = self.pair_losses(wrapped, batch)
-            return stats({"loss": per_pair, **values})
-
-        means = sharded_means(split_micro(self.eval_pairs, self.config.per_device_batch_size),
-                              pair_stats)
-        wrapped.train(was_training)
-        return means
-
-    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.model), base_name=self.config.model)
-        save_config(self.config, f"{output_dir}/posttrain_config.yaml")
 
     # --- the loss ------------------------------------------------------------------------------
     def pair_losses(self, policy: nn.Module, batch: dict[str, torch.Tensor]):

@@ -299,8 +299,8 @@ class OnlineRL(Trainer):
         if c.advantage_estimator == "rloo":
             return rloo_advantages(rewards, G)
         if c.advantage_estimator == "reinforce_pp":  # group baseline, then batch whitening
-            mask = torch.ones(len(rewards), 1)
-            return reinforce_pp_baseline_advantages(rewards, G, mask)[:, 0]
+            mask = data.rollout.to_padded_tensors(self.pad_id)["completion_mask"]  # [N, C]
+            return reinforce_pp_baseline_advantages(rewards, G, mask)  # [N, C], over tokens
         raise ValueError(f"unknown advantage_estimator {c.advantage_estimator!r}")
 
     def round_step_batches(self, data: RoundData, round_index: int) -> Iterator[StepBatch]:

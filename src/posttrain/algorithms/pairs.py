@@ -1,7 +1,8 @@
 """Preference pairs, shared by DPO and reward modelling: tokenised (prompt+chosen,
 prompt+rejected) pairs, [2B, T] batches (chosen rows then rejected rows, so both go through the
-model in one forward pass), summed response log-probs, and the on-disk cache of precomputed
-per-pair reference log-probs.
+model in one forward pass), summed response log-probs, the on-disk cache of precomputed
+per-pair reference log-probs, and ``PairTrainer``: everything the two trainers share (data,
+steps, the loss share, evaluation, saving), so each of them only says how a pair is scored.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from posttrain.config import save_config
 from posttrain.data.formats import (
     PreferenceExample,
     SFTExample,
@@ -26,6 +29,12 @@ from posttrain.data.loading import load_rows
 from posttrain.data.tokenize import IGNORE_INDEX, TokenizedExample, collate, tokenize_sft
 from posttrain.errors import DataError
 from posttrain.hub import resolve_model
+from posttrain.models import load_tokenizer, save_model
+from posttrain.train.batching import split_micro, step_indices, total_steps
+from posttrain.train.distributed import ranks
+from posttrain.train.loop import StepBatch
+from posttrain.train.metrics import sharded_means, stats
+from posttrain.train.trainer import Trainer
 
 # --- data: tokenised pairs and [2B, T] batches ------------------------------------------------
 
@@ -163,3 +172,70 @@ def write_cache(path: Path, values: torch.Tensor, info: dict[str, str]) -> None:
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     save_file({"ref_logps": values.contiguous()}, tmp, metadata=info)
     os.replace(tmp, path)  # atomic: readers never see a half-written file
+
+
+# --- the part of a trainer that both pair trainers share ----------------------------------------
+
+
+class PairTrainer(Trainer):
+    """Data, steps, loss shares, evaluation and saving for trainers of preference pairs; a
+    subclass sets ``self.model`` and implements ``pair_losses(wrapped, batch) -> (per-pair
+    loss [B], {metric: [B]})``."""
+
+    def __init__(self, config, tokenizer=None):
+        self.config = c = config
+        self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
+                                      c.max_samples, c.max_length, c.columns, c.seed)
+        self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
+                                      None, c.max_length, c.columns, c.seed)
+                           if c.eval_data is not None else [])
+        # effective batch: micro x accumulation x processes (train/distributed.py)
+        self.examples_per_step = (c.per_device_batch_size * c.gradient_accumulation_steps
+                                  * ranks().world)
+
+    def pair_losses(self, wrapped: nn.Module, batch: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def total_steps(self) -> int:
+        c = self.config
+        return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
+                           c.max_steps)
+
+    def step_batches(self, start_step: int) -> Iterator[StepBatch]:
+        c = self.config
+        for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
+                                    start_step, shuffle=c.shuffle):
+            items = [self.train_pairs[i] for i in indices]
+            micro = [collate_pairs(chunk, self.pad_id)
+                     for chunk in split_micro(items, c.per_device_batch_size)]
+            yield StepBatch(micro, {"pairs": len(items)})
+
+    def loss(self, wrapped, batch: dict, step_batch: StepBatch):
+        """This micro-batch's share of the step's mean pair loss, and its statistics."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        per_pair, values = self.pair_losses(wrapped, batch)  # [B], {key: [B]}
+        return per_pair.sum() / step_batch.totals["pairs"], stats(values)
+
+    @torch.no_grad()
+    def evaluate(self, wrapped) -> dict[str, float]:
+        if not self.eval_pairs:
+            return {}
+        was_training = wrapped.training
+        wrapped.eval()
+
+        def pair_stats(chunk: list[TokenizedPair]) -> dict[str, torch.Tensor]:
+            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
+            per_pair, values = self.pair_losses(wrapped, batch)
+            return stats({"loss": per_pair, **values})
+
+        means = sharded_means(split_micro(self.eval_pairs, self.config.per_device_batch_size),
+                              pair_stats)
+        wrapped.train(was_training)
+        return means
+
+    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
+        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
+                   state_dict=state_dicts(self.model), base_name=self.config.model)
+        save_config(self.config, f"{output_dir}/posttrain_config.yaml")

@@ -80,9 +80,9 @@ class PPOConfig(OnlineRLConfig):
     advantage_estimator: Literal["gae"] = option(
         "gae", "PPO: generalised advantage estimation over the critic's values (fixed)."
     )
-    num_iterations: int = option(4, "PPO epochs over each round (same as ppo_epochs).")
-    ppo_epochs: int | None = option(
-        None, "Passes over each round's completions; an alias of num_iterations (None = it)."
+    num_iterations: int = option(
+        4, "PPO epochs: passes over each round's completions (also accepted as ppo_epochs, or "
+        "TRL's num_ppo_epochs; give one name only)."
     )
     # --- advantages ----------------------------------------------------------------------
     gamma: float = option(1.0, "Discount per token (1.0: the score counts fully at every token).")
@@ -137,14 +137,6 @@ class PPOConfig(OnlineRLConfig):
     def __post_init__(self) -> None:
         if self.kl_estimator is None:
             self.kl_estimator = "k3" if self.kl_penalty == "loss" else "k1"
-        if self.ppo_epochs is not None:
-            if self.num_iterations not in (4, self.ppo_epochs):
-                raise ConfigError(
-                    f"ppo_epochs={self.ppo_epochs} and num_iterations={self.num_iterations} "
-                    "are the same setting: give only one of them."
-                )
-            self.num_iterations = self.ppo_epochs
-        self.ppo_epochs = self.num_iterations
 
     def validate(self) -> None:
         super().validate()

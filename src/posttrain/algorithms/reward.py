@@ -13,15 +13,14 @@ loading live in ``posttrain/reward_models.py``; this module is the trainer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from posttrain.algorithms.pairs import collate_pairs, load_pairs
-from posttrain.config import TrainConfig, option, save_config
+from posttrain.algorithms.pairs import PairTrainer
+from posttrain.config import TrainConfig, option
 from posttrain.errors import ConfigError
-from posttrain.models import is_peft, load_tokenizer, save_model
+from posttrain.models import is_peft
 from posttrain.ops.preference import bradley_terry_loss
 from posttrain.reward_models import (  # noqa: F401 - re-exported: the model side of this trainer
     LastTokenScores,
@@ -32,11 +31,6 @@ from posttrain.reward_models import (  # noqa: F401 - re-exported: the model sid
     load_trained_reward_model,
     score_file,
 )
-from posttrain.train.batching import split_micro, step_indices, total_steps
-from posttrain.train.distributed import ranks
-from posttrain.train.loop import StepBatch
-from posttrain.train.metrics import sharded_means, stats
-from posttrain.train.trainer import Trainer
 
 
 @dataclass
@@ -60,44 +54,19 @@ class RewardConfig(TrainConfig):
                               f"{self.center_rewards_coefficient}; 0.01 is a common value.")
 
 
-class RewardModelTrainer(Trainer):
+class RewardModelTrainer(PairTrainer):
     console_keys = ("loss", "accuracy", "margin")
 
     def __init__(self, config: RewardConfig, model=None, tokenizer=None):
-        self.config = c = config
-        self.tokenizer = tokenizer or load_tokenizer(c.tokenizer or c.model, c.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id
-        self.train_pairs = load_pairs(self.tokenizer, c.train_data, c.train_split, c.data_subset,
-                                      c.max_samples, c.max_length, c.columns, c.seed)
-        self.eval_pairs = (load_pairs(self.tokenizer, c.eval_data, c.eval_split, c.data_subset,
-                                      None, c.max_length, c.columns, c.seed)
-                           if c.eval_data is not None else [])
+        super().__init__(config, tokenizer)
         if model is None:
-            model = load_reward_model(c, self.tokenizer)
-        elif c.use_lora and not is_peft(model):
-            model = add_reward_lora(model, c)
+            model = load_reward_model(config, self.tokenizer)
+        elif config.use_lora and not is_peft(model):
+            model = add_reward_lora(model, config)
         self.model = model
-        # effective batch: micro x accumulation x processes (train/distributed.py)
-        self.examples_per_step = (c.per_device_batch_size * c.gradient_accumulation_steps
-                                  * ranks().world)
-        self.device = torch.device("cpu")
-
-    def total_steps(self) -> int:
-        c = self.config
-        return total_steps(len(self.train_pairs), self.examples_per_step, c.num_epochs,
-                           c.max_steps)
 
     def wrap(self, model):
         return LastTokenScores(model)
-
-    def step_batches(self, start_step: int) -> Iterator[StepBatch]:
-        c = self.config
-        for indices in step_indices(len(self.train_pairs), self.examples_per_step, c.seed,
-                                    start_step, shuffle=c.shuffle):
-            items = [self.train_pairs[i] for i in indices]
-            micro = [collate_pairs(chunk, self.pad_id)
-                     for chunk in split_micro(items, c.per_device_batch_size)]
-            yield StepBatch(micro, {"pairs": len(items)})
 
     def pair_losses(self, wrapped, batch: dict[str, torch.Tensor]):
         """Per-pair BT loss [B] and statistics; chosen and rejected in one forward pass."""
@@ -114,30 +83,3 @@ class RewardModelTrainer(Trainer):
             "rewards/chosen_mean": chosen, "rewards/chosen_std": chosen,
             "rewards/rejected_mean": rejected, "rewards/rejected_std": rejected,
         }
-
-    def loss(self, wrapped, batch: dict, step_batch: StepBatch):
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        losses, values = self.pair_losses(wrapped, batch)  # [B], {key: [B]}
-        return losses.sum() / step_batch.totals["pairs"], stats(values)
-
-    @torch.no_grad()
-    def evaluate(self, wrapped) -> dict[str, float]:
-        if not self.eval_pairs:
-            return {}
-        was_training = wrapped.training
-        wrapped.eval()
-
-        def pair_stats(chunk) -> dict[str, torch.Tensor]:
-            batch = {k: v.to(self.device) for k, v in collate_pairs(chunk, self.pad_id).items()}
-            losses, values = self.pair_losses(wrapped, batch)
-            return stats({"loss": losses, **values})
-
-        means = sharded_means(split_micro(self.eval_pairs, self.config.per_device_batch_size),
-                              pair_stats)
-        wrapped.train(was_training)
-        return means
-
-    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
-        save_model(self.model, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.model), base_name=self.config.model)
-        save_config(self.config, f"{output_dir}/posttrain_config.yaml")
