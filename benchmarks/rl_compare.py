@@ -10,7 +10,7 @@ right); eval = greedy accuracy on the first ``--eval-samples`` test questions, b
 every ``--eval-every`` rounds and at the end.
 
 Configs are what users run: GRPO and RLOO start from ``recipes/smollm2-135m/grpo_arithmetic.yaml``
-(RLOO with ``advantage_estimator: rloo``), PPO from ``ppo_arithmetic.yaml``. Shared overrides:
+(loaded by ``posttrain rloo``), PPO from ``ppo_arithmetic.yaml``. Shared overrides:
 model, seed, data, eval, ``prompts_per_step`` x ``num_generations`` (all three sample as many
 completions per round, for the same prompts in the same order) and ``max_new_tokens``. What stays each
 recipe's own is printed before the table; for PPO that is, above all, a critic (a second model
@@ -91,8 +91,6 @@ def build_config(name: str, spec: dict, output_dir: str):
         "max_new_tokens": spec["max_new_tokens"], "progress": False, "logging_steps": 1,
         "save_steps": 0,
     }
-    if name == "rloo":
-        values["advantage_estimator"] = "rloo"
     fields = config_fields(config_cls)
     overrides = [item for item in spec.get("set", []) if item.split("=", 1)[0] in fields]
     probe = load_config(config_cls, RECIPES[name], overrides, values)

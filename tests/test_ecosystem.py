@@ -336,3 +336,15 @@ def test_resuming_another_trainers_run_is_refused(memorise_data, tmp_path):
     with pytest.raises(ConfigError, match="written by SFT, not DPO"):
         posttrain.dpo({"model": "random:tiny", "train_data": str(pairs), "output_dir": str(out),
                        "resume": True, "allow_config_change": True, "progress": False})
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp", "ppo"])
+def test_every_online_trainer_takes_reward_functions_from_the_api(name, prompts, tmp_path):
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    metrics = getattr(posttrain, name)(rl_values(prompts, tmp_path), reward_functions=[length],
+                                       log_entropy=False)
+    assert "rewards/length/mean" in metrics
+    saved = (tmp_path / "o" / "posttrain_config.yaml").read_text()
+    assert f"advantage_estimator: {'gae' if name == 'ppo' else name}" in saved

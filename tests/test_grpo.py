@@ -9,6 +9,8 @@ import torch
 from conftest import stat_mean
 
 from posttrain.algorithms.grpo import GRPO, GRPOConfig
+from posttrain.algorithms.reinforce_pp import REINFORCEpp, REINFORCEppConfig
+from posttrain.algorithms.rloo import RLOO, RLOOConfig
 from posttrain.config import load_config
 from posttrain.errors import ConfigError, RewardError
 from posttrain.train.loop import train
@@ -32,13 +34,14 @@ def prompts_file(tmp_path):
 
 
 def make(prompts_file, tmp_path, rewards=(contains_seven,), model=None, tokenizer=None,
-         **values):
+         trainer=GRPO, **values):
     base = {"model": "random:tiny", "train_data": str(prompts_file),
             "output_dir": str(tmp_path / "out"), "progress": False, "max_new_tokens": 8,
             "prompts_per_step": 2, "num_generations": 4, "per_device_batch_size": 8,
             "log_entropy": False}
-    config = load_config(GRPOConfig, values={**base, **values})
-    return GRPO(config, model=model, tokenizer=tokenizer, reward_functions=list(rewards))
+    config_class = {GRPO: GRPOConfig, RLOO: RLOOConfig, REINFORCEpp: REINFORCEppConfig}[trainer]
+    config = load_config(config_class, values={**base, **values})
+    return trainer(config, model=model, tokenizer=tokenizer, reward_functions=list(rewards))
 
 
 def test_mean_reward_rises_on_a_toy_task(prompts_file, tmp_path):
@@ -247,7 +250,7 @@ def test_reinforce_pp_whitens_over_the_rounds_tokens(prompts_file, tmp_path):
     from posttrain.ops.stats import masked_mean
 
     algorithm = make(prompts_file, tmp_path, rewards=(answer_length,),
-                     advantage_estimator="reinforce_pp")
+                     trainer=REINFORCEpp)
     data, (step,) = first_round(algorithm)
     mask = data.rollout.to_padded_tensors(algorithm.pad_id)["completion_mask"]
     assert data.advantages.shape == mask.shape  # one advantage per token
@@ -296,3 +299,20 @@ def test_system_prompt_and_prompt_column(tmp_path):
     assert first[1] == {"role": "user", "content": "What is 0?"}
     with pytest.raises(Exception, match="prompt"):
         make(path, tmp_path, rewards=(answer_length,))  # without prompt_column: no `prompt`
+
+
+def test_rloo_trainer_uses_leave_one_out_baselines(prompts_file, tmp_path):
+    algorithm = make(prompts_file, tmp_path, rewards=(answer_length,), trainer=RLOO)
+    data, _ = first_round(algorithm)
+    groups = data.rewards.view(-1, 4)  # [prompts, G]
+    others = (groups.sum(1, keepdim=True) - groups) / 3
+    torch.testing.assert_close(data.advantages, (groups - others).reshape(-1))
+
+
+def test_the_estimator_is_fixed_by_the_trainer(prompts_file, tmp_path):
+    with pytest.raises(ConfigError, match="advantage_estimator"):
+        make(prompts_file, tmp_path, advantage_estimator="rloo")
+    config = load_config(GRPOConfig, values={"model": "random:tiny",
+                                             "train_data": str(prompts_file)})
+    with pytest.raises(TypeError, match="critic= is for PPO"):
+        GRPO(config, reward_functions=[contains_seven], critic=torch.nn.Linear(1, 1))

@@ -69,7 +69,9 @@ def test_invalid_config_values_exit_2_naming_the_key(no_model, memorise_data, tm
 
 
 JUNK = st.one_of(
-    st.binary(min_size=1, max_size=12).filter(lambda b: b"\n" not in b and not _valid_json(b)),
+    # whitespace-only lines are blank lines, which JSON-lines readers skip (not junk)
+    st.binary(min_size=1, max_size=12).filter(
+        lambda b: b"\n" not in b and not _valid_json(b) and not _blank(b)),
     st.sampled_from([b"[1, 2]", b"42", b'"text"', b"null", b"{", b'{"messages": 3}',
                      b'{"messages": []}', b'{"messages": [{"role": "user"}]}',
                      b'{"messages": [{"role": "wizard", "content": "x"}]}',
@@ -78,6 +80,13 @@ JUNK = st.one_of(
                      b'{"messages": [{"role": "user", "content": "only a question"}]}',
                      b"\xff\xfe{}"]),
 )
+
+
+def _blank(raw: bytes) -> bool:
+    try:
+        return not raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
 
 
 def _valid_json(raw: bytes) -> bool:

@@ -10,6 +10,7 @@ import torch
 from conftest import stat_mean
 
 from posttrain.algorithms.ppo import PPO, PPOConfig
+from posttrain.algorithms.rounds import padded_rows
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
 from posttrain.ops.policy import kl_estimate
@@ -101,12 +102,12 @@ def test_kl_shaping_lands_on_the_right_tokens(prompts_file, tmp_path, tiny_token
     data, (step,) = first_round(algorithm)
     mask = completion_mask(data)  # [N, C]
     # one step per round: pi_old is the sampler's own log-probs, not re-scored nor stored
-    assert algorithm.sampler_is_policy() and "old_logprobs" not in data.token_data
+    assert algorithm.estimator.sampler_is_policy(algorithm) and "old_logprobs" not in data.token_data
     returns = data.token_data["returns"]
     old, ref = torch.zeros_like(returns), torch.zeros_like(returns)
     for i in range(len(mask)):  # each row alone: its own padding, so alignment is checked too
         n = int(mask[i].sum())
-        row = algorithm.padded_rows(data.rollout, [i])
+        row = padded_rows(data.rollout, [i], algorithm.pad_id)
         old[i, :n] = row["sampler_logprobs"][0]
         fresh = algorithm.logprobs(algorithm.wrapped, row)[0][0]  # pi_theta = pi_old, [n]
         torch.testing.assert_close(fresh.detach(), old[i, :n], atol=1e-4, rtol=0)
@@ -135,11 +136,11 @@ def test_adaptive_kl_coefficient_moves_and_is_checkpointed(prompts_file, tmp_pat
     data, _ = first_round(algorithm)
     assert data.metrics["kl_coef"] == 0.1  # this round was shaped with the initial value
     # KL far above target: error clipped to +0.2, times n_steps / horizon = 8 / 80
-    assert algorithm.kl_ctl.value == pytest.approx(0.1 * (1 + 0.2 * 8 / 80))
+    assert algorithm.estimator.kl_ctl.value == pytest.approx(0.1 * (1 + 0.2 * 8 / 80))
     state = algorithm.state_dict()
-    algorithm.kl_ctl.value = 0.5
+    algorithm.estimator.kl_ctl.value = 0.5
     algorithm.load_state_dict(state)
-    assert algorithm.kl_ctl.value == pytest.approx(0.102)
+    assert algorithm.estimator.kl_ctl.value == pytest.approx(0.102)
 
 
 def test_missing_eos_penalty_lowers_the_score_of_truncated_completions(prompts_file, tmp_path):
@@ -225,7 +226,7 @@ def test_save_writes_policy_and_value_model_that_reload(prompts_file, tmp_path, 
     algorithm.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(policy(ids).logits, algorithm.policy(ids).logits)
-        torch.testing.assert_close(TokenValues(critic)(ids, 3), TokenValues(algorithm.critic)(ids, 3))
+        torch.testing.assert_close(TokenValues(critic)(ids, 3), TokenValues(algorithm.critic.model)(ids, 3))
 
 
 @pytest.mark.parametrize("adapter", [False, True])
@@ -250,7 +251,7 @@ def test_value_model_from_a_reward_model(prompts_file, tmp_path, tiny_tokenizer,
             rm.base_model.model.score.modules_to_save["default"].weight.fill_(0.5)
     save_model(rm, tiny_tokenizer, tmp_path / "rm")
     algorithm = make(prompts_file, tmp_path, value_model=str(tmp_path / "rm"))
-    critic = algorithm.critic
+    critic = algorithm.critic.model
     assert not is_peft(critic)  # use_lora is off: an adapter reward model is merged
     assert torch.all(critic.score.weight == (0.5 if adapter else 0.25))
     assert all(p.requires_grad for p in critic.parameters())
@@ -314,5 +315,5 @@ def test_fresh_critic_starts_at_zero_and_first_advantages_are_the_returns(prompt
     for mb in step.micro_batches:
         loss, _ = algorithm.loss(algorithm.wrapped, mb, step)
         loss.backward()
-    head_grad = algorithm.critic.score.weight.grad
+    head_grad = algorithm.critic.model.score.weight.grad
     assert head_grad is not None and head_grad.abs().sum() > 0

@@ -1,5 +1,5 @@
 """posttrain: post-train causal language models (SFT, rejection sampling, DPO, reward models,
-PPO, GRPO) from one CLI, YAML recipes, and this Python API.
+GRPO, RLOO, REINFORCE++, PPO) from one CLI, YAML recipes, and this Python API.
 
     import posttrain
     posttrain.sft({"model": "smollm2-135m-instruct", "train_data": "data.jsonl"})
@@ -20,13 +20,15 @@ _LAZY = {
     "DPOConfig": "posttrain.algorithms.dpo", "DPO": "posttrain.algorithms.dpo",
     "RewardConfig": "posttrain.algorithms.reward",
     "RewardModelTrainer": "posttrain.algorithms.reward",
-    "GRPOConfig": "posttrain.algorithms.grpo", "RLOOConfig": "posttrain.algorithms.grpo",
-    "GRPO": "posttrain.algorithms.grpo",
+    "GRPOConfig": "posttrain.algorithms.grpo", "GRPO": "posttrain.algorithms.grpo",
+    "RLOOConfig": "posttrain.algorithms.rloo", "RLOO": "posttrain.algorithms.rloo",
+    "REINFORCEppConfig": "posttrain.algorithms.reinforce_pp",
+    "REINFORCEpp": "posttrain.algorithms.reinforce_pp",
     "PPOConfig": "posttrain.algorithms.ppo", "PPO": "posttrain.algorithms.ppo",
     "Callback": "posttrain.train.trainer", "Trainer": "posttrain.train.trainer",
     "trainer": "posttrain.api", "make_config": "posttrain.api",
 }
-__all__ = ["sft", "dpo", "reward", "grpo", "rloo", "ppo", *_LAZY]
+__all__ = ["sft", "dpo", "reward", "grpo", "rloo", "reinforce_pp", "ppo", *_LAZY]
 
 
 def __getattr__(name: str):
@@ -61,8 +63,8 @@ def reward(config=None, *, callbacks=(), model=None, tokenizer=None, **overrides
 
 def grpo(config=None, *, reward_functions=None, callbacks=(), model=None, tokenizer=None,
          **overrides):
-    """GRPO (``GRPOConfig`` keys; RLOO / REINFORCE++ through ``advantage_estimator``);
-    ``reward_functions`` (callables) replace the config's ``rewards``."""
+    """GRPO (``GRPOConfig`` keys); ``reward_functions`` (callables) replace the config's
+    ``rewards``."""
     from posttrain.api import run
 
     return run("grpo", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
@@ -75,6 +77,15 @@ def rloo(config=None, *, reward_functions=None, callbacks=(), model=None, tokeni
     from posttrain.api import run
 
     return run("rloo", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+               reward_functions=reward_functions, **overrides)
+
+
+def reinforce_pp(config=None, *, reward_functions=None, callbacks=(), model=None, tokenizer=None,
+                 **overrides):
+    """REINFORCE++ with a group baseline (``REINFORCEppConfig`` keys)."""
+    from posttrain.api import run
+
+    return run("reinforce_pp", config, callbacks=callbacks, model=model, tokenizer=tokenizer,
                reward_functions=reward_functions, **overrides)
 
 

@@ -33,11 +33,14 @@ TRAINERS = {
     ),
     "grpo": ("posttrain.algorithms.grpo", "GRPOConfig", "GRPO",
              "online RL with group-relative advantages (no value model)"),
-    "rloo": ("posttrain.algorithms.grpo", "RLOOConfig", "GRPO",
+    "rloo": ("posttrain.algorithms.rloo", "RLOOConfig", "RLOO",
              "online RL with leave-one-out baselines (REINFORCE Leave-One-Out)"),
+    "reinforce_pp": ("posttrain.algorithms.reinforce_pp", "REINFORCEppConfig", "REINFORCEpp",
+                     "online RL with a group baseline whitened over the round (REINFORCE++)"),
     "ppo": ("posttrain.algorithms.ppo", "PPOConfig", "PPO",
             "online RL with a learned critic (PPO: GAE, clipped policy and value losses)"),
 }
+ONLINE_RL = ("grpo", "rloo", "reinforce_pp", "ppo")  # the trainers that take reward functions
 
 
 def classes(name: str) -> tuple[type, type]:
@@ -75,7 +78,7 @@ def trainer(name: str, config: Any = None, *, model=None, tokenizer=None,
     validated = make_config(name, config, **overrides)
     kwargs: dict[str, Any] = {"model": model, "tokenizer": tokenizer}
     if reward_functions is not None:
-        if name not in ("grpo", "rloo", "ppo"):
+        if name not in ONLINE_RL:
             raise TypeError(f"{name} takes no reward_functions")
         kwargs["reward_functions"] = list(reward_functions)
     return trainer_cls(validated, **kwargs)

@@ -1,13 +1,13 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-relative advantages, no value model.
 
 For each prompt q, sample G completions o_1..o_G, score them r_1..r_G, and give every token of
-o_i the advantage
+o_i the advantage (``scale_rewards: group``, the paper's eq. 3 with outcome supervision)
 
     A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)
 
 then minimise the clipped surrogate with ratio pi_theta / pi_theta_old, plus beta * KL(pi_theta ||
-pi_ref) with the k3 estimator (eq. 3-4 of the paper). The whole machinery (rollout, rewards,
-old/ref log-probs, the loss aggregation) lives in ``online.py``; GRPO is the ``grpo`` estimator.
+pi_ref) with the k3 estimator (eq. 3-4). The round (rollout, rewards, old/ref log-probs, the loss
+aggregation) is ``online.OnlineRL``; GRPO supplies ``GroupAdvantages``.
 
 Why the loss sits near 0: within a group the advantages sum to ~0, and at ratio = 1 the loss is
 -mean(A) over the batch's tokens, so the *value* of the loss says little. Watch
@@ -16,7 +16,8 @@ Why the loss sits near 0: within a group the advantages sum to ~0, and at ratio 
 Defaults follow current practice (TRL, DAPO, Dr. GRPO): beta = 0 (no reference model, saving
 its memory and forward pass; the clip keeps updates close), epsilon = 0.2, G = 8, temperature
 1.0 (the sampler is the policy, so the first-iteration ratio is exactly 1), loss ``dapo``
-(token-level: long answers are not down-weighted) and ``scale_rewards: group``.
+(token-level: long answers are not down-weighted) and ``scale_rewards: group``
+(``batch``: divide by the round's std; ``none``: Dr. GRPO's unscaled r - mean).
 """
 
 from __future__ import annotations
@@ -24,26 +25,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from posttrain.algorithms.online import OnlineRL
 from posttrain.algorithms.online_config import OnlineRLConfig
+from posttrain.algorithms.rounds import AdvantageEstimator, RoundData
 from posttrain.config import option
+from posttrain.ops.advantages import group_advantages
 
 
 @dataclass
 class GRPOConfig(OnlineRLConfig):
-    learning_rate: float = option(1e-6, "Peak AdamW learning rate (GRPO papers: 1e-6 to 3e-6).")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = option(
-        "constant", "Learning-rate decay after warm-up (RL usually keeps it constant)."
+    advantage_estimator: Literal["grpo"] = option(
+        "grpo", "Fixed for this trainer: (r - group mean) / group std. For other estimators "
+        "use `posttrain rloo`, `posttrain reinforce_pp` or `posttrain ppo`."
     )
 
 
-@dataclass
-class RLOOConfig(GRPOConfig):
-    advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = option(
-        "rloo",
-        "rloo (Ahmadian et al. 2024): A_i = r_i - mean of the other G-1 rewards of the group.",
-    )
+class GroupAdvantages(AdvantageEstimator):
+    """A_i = (r_i - mean_g r) / std_g r, one value per completion [N]."""
+
+    name = "grpo"
+
+    def advantages(self, data: RoundData, rl: OnlineRL) -> torch.Tensor:
+        return group_advantages(data.rewards, self.config.num_generations,
+                                scale=self.config.scale_rewards)  # [N]
 
 
 class GRPO(OnlineRL):
-    """GRPO / RLOO / REINFORCE++: the estimator is ``config.advantage_estimator``."""
+    """GRPO: the online round with group-normalised advantages and no critic."""
+
+    estimator_class = GroupAdvantages

@@ -26,6 +26,14 @@ class OnlineRLConfig(TrainConfig):
     # A plain class attribute (no annotation), not a config key.
     min_generations = 2
 
+    learning_rate: float = option(1e-6, "Peak AdamW learning rate (GRPO papers: 1e-6 to 3e-6).")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = option(
+        "constant", "Learning-rate decay after warm-up (RL usually keeps it constant)."
+    )
+    gradient_accumulation_steps: int = option(
+        1, "Must stay 1 in online RL: accumulation follows from the round (a mini-batch is "
+        "split into micro-batches of per_device_batch_size, all in one optimiser step)."
+    )
     # --- data and rewards ------------------------------------------------------------
     rewards: list[Any] = option(
         ["math"],
@@ -101,15 +109,10 @@ class OnlineRLConfig(TrainConfig):
         True, "vllm: release the engine's memory between rollouts (sleep level 2, wake per round)."
     )
     # --- the objective -----------------------------------------------------------------
-    advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = option(
-        "grpo",
-        "grpo: (r - group mean) / group std; rloo: r minus the mean of the other G-1 rewards; "
-        "reinforce_pp: group baseline, then whitened over the batch (REINFORCE++).",
-    )
     scale_rewards: Literal["group", "batch", "none"] = option(
         "group",
-        "GRPO advantage scale: divide by the group std (paper), the batch std, or not at all "
-        "(Dr. GRPO: avoids favouring groups whose rewards barely differ).",
+        "GRPO's advantage scale: divide by the group std (paper), the batch std, or not at "
+        "all (Dr. GRPO: avoids favouring groups whose rewards barely differ). Read by GRPO only.",
     )
     beta: float = option(
         0.0,
@@ -142,6 +145,11 @@ class OnlineRLConfig(TrainConfig):
         "advantages are 0 and they carry no gradient, but they still cost a forward and "
         "backward. Note: the loss normaliser (tokens or sequences) then counts only the kept "
         "completions, so each kept token weighs a little more than without skipping.",
+    )
+    kl_stop: float | None = option(
+        None,
+        "Early stop: when a step's approx KL(pi_old || pi) exceeds this, the round's remaining "
+        "optimiser steps do nothing (the step count stays fixed). None = off; e.g. 0.02.",
     )
     log_entropy: bool = option(
         True, "Log the policy's mean token entropy (one extra output-layer pass, no grad)."
@@ -207,5 +215,7 @@ class OnlineRLConfig(TrainConfig):
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
             raise ConfigError("vllm_gpu_memory_utilization must be in (0, 1], got "
                               f"{self.vllm_gpu_memory_utilization}.")
+        if self.kl_stop is not None and self.kl_stop <= 0:
+            raise ConfigError(f"kl_stop must be > 0 (e.g. 0.02) or null, got {self.kl_stop}.")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ConfigError("epsilon_high must be >= epsilon (it widens the upper clip).")

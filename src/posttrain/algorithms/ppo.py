@@ -1,5 +1,6 @@
 """PPO with a learned critic (Schulman et al. 2017), in the RLHF form of Ziegler et al. 2019 and
-InstructGPT (Ouyang et al. 2022): the online-RL round of ``online.py`` with GAE advantages.
+InstructGPT (Ouyang et al. 2022): the online-RL round of ``online.py`` with two parts of its own,
+``GAEAdvantages`` (the estimator) and ``Critic`` (the value model and its loss).
 
 Per round (prompts -> rollout -> rewards are the shared ``OnlineRL.collect``), at every
 completion token t (the state s_t is the prompt plus the first t completion tokens):
@@ -15,38 +16,38 @@ completion token t (the state s_t is the prompt plus the first t completion toke
             + vf_coef * 0.5 max((V - R)^2, (clip(V, V_old +- c) - R)^2)     (eq. 9's L^VF, clipped)
     with rho_t = pi_theta / pi_old, no entropy bonus (eq. 9's c2 = 0).
 
-One framework, four estimators: the algorithms differ only in ``estimate_advantages`` and in
-whether a critic exists (rollout, rewards, the clipped loss, batching, logging are shared):
+The four online algorithms side by side (each in its own module):
 
-| algorithm    | ``estimate_advantages`` (per completion i of a group g)      | critic | KL to pi_ref        |
-|--------------|--------------------------------------------------------------|--------|---------------------|
-| GRPO         | A_i = (r_i - mean_g r) / std_g r, same for every token       | no     | beta * k3 in loss   |
-| RLOO         | A_i = r_i - mean of the other G - 1 rewards                   | no     | beta * k3 in loss   |
-| REINFORCE++  | A_i = r_i - mean_g r, whitened over the batch's tokens       | no     | beta * k3 in loss   |
+| algorithm    | advantages (completion i of a group g)                       | critic | KL to pi_ref         |
+|--------------|--------------------------------------------------------------|--------|----------------------|
+| GRPO         | A_i = (r_i - mean_g r) / std_g r, same for every token       | no     | beta * k3 in loss    |
+| RLOO         | A_i = r_i - mean of the other G - 1 rewards                  | no     | beta * k3 in loss    |
+| REINFORCE++  | A_i = r_i - mean_g r, whitened over the round's tokens       | no     | beta * k3 in loss    |
 | PPO          | GAE over V_phi on KL-shaped token rewards, whitened, [N, C]  | yes    | -kl_coef * k1 in r_t |
 
-Implementation: ``estimate_advantages`` scores the round once (pi_old and pi_ref log-probs, and
-the critic's values, all [N, C]), shapes the rewards, runs GAE and hands old log-probs, old values
-and returns to every micro-batch through ``RoundData.token_data``. The loss adds the clipped value
-loss through ``extra_loss``; it is a token mean over the optimiser step (share = sum / step
-tokens, like the policy's ``dapo`` share), so gradient accumulation stays exact. Policy and critic
-train in one AdamW with two parameter groups (see ``value.ActorCritic``); generation uses the
-policy only. ``output_dir`` gets the policy (HF layout) and ``output_dir/value_model`` the critic.
+Implementation: ``GAEAdvantages`` scores the round once (pi_old and pi_ref log-probs, and the
+critic's values, all [N, C]), shapes the rewards, runs GAE and hands old log-probs, old values
+and returns to every micro-batch through ``RoundData.token_data``. ``Critic.loss`` is the clipped
+value loss, a token mean over the optimiser step (share = sum / step tokens, like the policy's
+``dapo`` share), so gradient accumulation stays exact. Policy and critic train in one AdamW with
+two parameter groups (see ``value.ActorCritic``); generation uses the policy only. ``output_dir``
+gets the policy (HF layout) and ``output_dir/value_model`` the critic.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
-from posttrain.algorithms.online import OnlineRL, RoundData
+from posttrain.algorithms.online import OnlineRL
 from posttrain.algorithms.online_config import OnlineRLConfig
+from posttrain.algorithms.rounds import AdvantageEstimator, RoundData
 from posttrain.algorithms.value import ActorCritic, ActorCriticForward, load_value_model
 from posttrain.config import option
 from posttrain.errors import ConfigError
@@ -128,11 +129,6 @@ class PPOConfig(OnlineRLConfig):
     )
     kl_target: float = option(6.0, "Adaptive KL: target KL per completion (nats, summed).")
     kl_horizon: float = option(10000.0, "Adaptive KL: horizon K (in completions).")
-    kl_stop: float | None = option(
-        None,
-        "Early stop: when a step's approx KL(pi_old || pi) exceeds this, the round's remaining "
-        "optimiser steps do nothing (the step count stays fixed). None = off; e.g. 0.02.",
-    )
 
     def __post_init__(self) -> None:
         if self.kl_estimator is None:
@@ -158,8 +154,6 @@ class PPOConfig(OnlineRLConfig):
             )
         if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise ConfigError("adaptive_kl needs kl_target > 0 and kl_horizon > 0 (e.g. 6, 10000).")
-        if self.kl_stop is not None and self.kl_stop <= 0:
-            raise ConfigError(f"kl_stop must be > 0 (e.g. 0.02) or null, got {self.kl_stop}.")
         if self.beta != 0:
             raise ConfigError(
                 "beta is GRPO's KL weight; PPO uses kl_coef (with kl_penalty: reward | loss)."
@@ -176,77 +170,66 @@ class PPOConfig(OnlineRLConfig):
             )
 
 
-class PPO(OnlineRL):
-    """PPO: the shared online-RL round with a critic, GAE and KL-shaped rewards."""
+class GAEAdvantages(AdvantageEstimator):
+    """GAE advantages [N, C] on KL-shaped per-token rewards, over the critic's values. Owns the
+    KL coefficient (fixed, or adaptive after Ziegler et al. 2019), so it is checkpointed."""
 
-    console_keys = ("rewards/total/mean", "eval/rewards/total/mean", "kl", "value_loss")
+    name = "gae"
     config: PPOConfig
 
-    def __init__(self, config: PPOConfig, model=None, tokenizer=None, reward_functions=None,
-                 critic=None):
-        super().__init__(config, model, tokenizer, reward_functions)
-        self.critic = critic if critic is not None else load_value_model(config, self.tokenizer)
-        self.model = ActorCritic(self.policy, self.critic)  # what the loop optimises
+    def __init__(self, config: PPOConfig):
+        super().__init__(config)
         self.kl_ctl = (
             AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.adaptive_kl else FixedKLController(config.kl_coef)
         )
 
-    # --- hooks of OnlineRL -----------------------------------------------------------------
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0
 
     def kl_loss_coef(self) -> float:
         return self.kl_ctl.value if self.config.kl_penalty == "loss" else 0.0
 
-    def wrap(self, model: ActorCritic) -> ActorCriticForward:
-        return ActorCriticForward(model)
-
-    def training_forward(self, wrapped, mb: dict, return_entropy: bool) -> tuple:
-        return self.logprobs(wrapped, mb, return_entropy=return_entropy, parts="both")
-
-    # --- the round: values, KL-shaped rewards, GAE ------------------------------------------
-    @torch.no_grad()
-    def score_round(
-        self, data: RoundData
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """pi_old and pi_ref log-probs and V(s_t) of every completion token: [N, C] each
-        (C = the round's longest completion, rows aligned from column 0; ref None if unused),
-        and the completion mask [N, C]. Each process scores its share (``score_tables``)."""
-        from_sampler = self.sampler_is_policy()
-
-        def score(mb: dict) -> dict[str, torch.Tensor]:
-            if from_sampler:  # the sampler's log-probs are pi_old's: skip a policy forward
-                out = {"values": self.logprobs(self.wrapped, mb, parts="critic")}  # [B, width]
-            else:
-                logprobs, _, values = self.logprobs(self.wrapped, mb, parts="both")
-                out = {"old": logprobs, "values": values}
-            if self.needs_reference():
-                out["ref"] = self.reference_logprobs(mb)
-            return out
-
-        rollout = data.rollout
-        tables = self.score_tables(rollout, list(range(len(rollout))), score)
-        full = rollout.to_padded_tensors(self.pad_id)  # [N, C] masks and sampler log-probs
-        mask = full["completion_mask"]
-        old = full["sampler_logprobs"] * mask if from_sampler else tables["old"]
-        return old, tables.get("ref"), tables["values"], mask
-
-    def sampler_is_policy(self) -> bool:
+    def sampler_is_policy(self, rl: OnlineRL) -> bool:
         """True when the rollout's own log-probs are pi_old's: one optimiser step per round
         (the policy has not moved since it sampled) and no top-k / top-p truncation (the
         sampler's processed distribution is then the policy's at the same temperature; the HF
         backend matches a fresh forward to 1e-4, tests/test_rollout.py). Saves one policy
         forward pass over the round; the step's ratio is then exactly 1 (old = logprobs.detach())."""
         c = self.config
-        exact = self.sampler_is_exact  # hf backend, no autocast: the trainer's own numbers
-        return exact and self.steps_per_round == 1 and c.top_k == 0 and c.top_p == 1.0
+        return (rl.sampler_is_exact and rl.steps_per_round == 1 and c.top_k == 0
+                and c.top_p == 1.0)
 
-    def estimate_advantages(self, data: RoundData) -> torch.Tensor:
-        """GAE advantages [N, C] on KL-shaped token rewards; fills data.token_data."""
+    @torch.no_grad()
+    def score_round(
+        self, data: RoundData, rl: OnlineRL
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """pi_old and pi_ref log-probs and V(s_t) of every completion token: [N, C] each
+        (C = the round's longest completion, rows aligned from column 0; ref None if unused),
+        and the completion mask [N, C]. Each process scores its share (``score_tables``)."""
+        from_sampler = self.sampler_is_policy(rl)
+
+        def score(mb: dict) -> dict[str, torch.Tensor]:
+            if from_sampler:  # the sampler's log-probs are pi_old's: skip a policy forward
+                out = {"values": rl.logprobs(rl.wrapped, mb, parts="critic")}  # [B, width]
+            else:
+                logprobs, _, values = rl.logprobs(rl.wrapped, mb, parts="both")
+                out = {"old": logprobs, "values": values}
+            if self.needs_reference():
+                out["ref"] = rl.reference_logprobs(mb)
+            return out
+
+        rollout = data.rollout
+        tables = rl.score_tables(rollout, list(range(len(rollout))), score)
+        full = rollout.to_padded_tensors(rl.pad_id)  # [N, C] masks and sampler log-probs
+        mask = full["completion_mask"]
+        old = full["sampler_logprobs"] * mask if from_sampler else tables["old"]
+        return old, tables.get("ref"), tables["values"], mask
+
+    def advantages(self, data: RoundData, rl: OnlineRL) -> torch.Tensor:
         c = self.config
         t0 = time.time()
-        old, ref, values, mask = self.score_round(data)  # [N, C] each
+        old, ref, values, mask = self.score_round(data, rl)  # [N, C] each
         scores = data.rewards.clone()  # [N]
         if c.missing_eos_penalty is not None:
             no_eos = torch.tensor([r == "length" for r in data.rollout.finish_reasons])
@@ -266,7 +249,7 @@ class PPO(OnlineRL):
             advantages = masked_whiten(advantages, train_mask)
 
         data.token_data.update(old_values=values, returns=returns)
-        if not self.sampler_is_policy():  # else the loss's ratio is logprobs / logprobs.detach()
+        if not self.sampler_is_policy(rl):  # else the ratio is logprobs / logprobs.detach()
             data.token_data["old_logprobs"] = old
         if ref is not None and c.kl_penalty == "loss":
             data.token_data["ref_logprobs"] = ref
@@ -290,54 +273,52 @@ class PPO(OnlineRL):
         data.scoring_s += time.time() - t0
         return advantages
 
-    # --- the value loss and the KL early stop ---------------------------------------------
-    def extra_loss(self, mb: dict, step_batch: StepBatch, logprobs: torch.Tensor,
-                   values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """vf_coef * clipped value loss, this micro-batch's share of the step's token mean."""
-        c = self.config
-        mask = mb["completion_mask"].to(self.device)  # [B, C]
-        old_values = mb["old_values"].to(self.device)  # [B, C]
-        returns = mb["returns"].to(self.device)  # [B, C]
-        per_token, clip_fraction = clipped_value_loss(values, old_values, returns, mask,
-                                                      c.value_clip)  # [B, C]
-        share = aggregate_token_loss(per_token, mask, "dapo",
-                                     total_tokens=step_batch.totals["tokens"])
-        log_ratio = logprobs.detach() - self.old_logprobs(mb, logprobs)  # [B, C]
-        metrics = {  # statistics over the step's tokens (train/metrics.py)
-            "value_loss": stat(per_token, mask),
-            "value_clip_fraction": mean_stat(clip_fraction, mask.sum()),
-            "approx_kl": stat(0.5 * log_ratio**2, mask),  # k2 estimate of KL(pi_old || pi)
-        }
-        return c.vf_coef * share, metrics
-
-    def round_step_batches(self, data: RoundData, round_index: int) -> Iterator[StepBatch]:
-        """The shared steps; with ``kl_stop``, once a trained step measured approx KL above it
-        (read from the step's outcome, reduced over all processes, so they all decide alike),
-        the round's remaining steps are empty (no gradient, no update), so the loop's step count
-        stays fixed. The KL is measured before that step's update, which still happens."""
-        stopped, previous = False, None
-        for step in super().round_step_batches(data, round_index):
-            if self.config.kl_stop is not None and previous is not None and not stopped:
-                stopped = previous.outcome.get("approx_kl", 0.0) > self.config.kl_stop
-            if stopped:
-                metrics = {**step.metrics, "kl_stop/skipped": 1.0}
-                step = StepBatch([], {"sequences": 0, "tokens": 0}, metrics)
-            yield step
-            previous = step
-
-    # --- resumable state, saving ---------------------------------------------------------
     def state_dict(self) -> dict[str, float]:
         return {"kl_coef": self.kl_ctl.value}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if "kl_coef" in state:
             self.kl_ctl.value = float(state["kl_coef"])
 
-    def save(self, output_dir: str, state_dicts=lambda module: None) -> None:
-        from posttrain.config import save_config
 
-        save_model(self.policy, self.tokenizer, output_dir, self.config.merge_lora,
-                   state_dict=state_dicts(self.policy), base_name=self.config.model)
-        save_model(self.critic, self.tokenizer, Path(output_dir) / "value_model",
-                   self.config.merge_lora, state_dict=state_dicts(self.critic))
-        save_config(self.config, f"{output_dir}/posttrain_config.yaml")
+class Critic:
+    """The value model V_phi (``value.load_value_model``) and its clipped loss. It trains with
+    the policy in one module (``value.ActorCritic``: one forward, one optimiser step)."""
+
+    def __init__(self, config: PPOConfig, tokenizer: Any, model: nn.Module | None = None):
+        self.config, self.tokenizer = config, tokenizer
+        self.model = model if model is not None else load_value_model(config, tokenizer)
+
+    def with_policy(self, policy: nn.Module) -> ActorCritic:
+        return ActorCritic(policy, self.model)
+
+    def wrap(self, model: ActorCritic) -> ActorCriticForward:
+        return ActorCriticForward(model)
+
+    def loss(self, values: torch.Tensor, mb: dict, step_batch: StepBatch,
+             device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """vf_coef * clipped value loss, this micro-batch's share of the step's token mean."""
+        mask = mb["completion_mask"].to(device)  # [B, C]
+        old_values = mb["old_values"].to(device)  # [B, C]
+        returns = mb["returns"].to(device)  # [B, C]
+        per_token, clip_fraction = clipped_value_loss(values, old_values, returns, mask,
+                                                      self.config.value_clip)  # [B, C]
+        share = aggregate_token_loss(per_token, mask, "dapo",
+                                     total_tokens=step_batch.totals["tokens"])
+        metrics = {  # statistics over the step's tokens (train/metrics.py)
+            "value_loss": stat(per_token, mask),
+            "value_clip_fraction": mean_stat(clip_fraction, mask.sum()),
+        }
+        return self.config.vf_coef * share, metrics
+
+    def save(self, folder: Path, state_dicts) -> None:
+        save_model(self.model, self.tokenizer, folder, self.config.merge_lora,
+                   state_dict=state_dicts(self.model))
+
+
+class PPO(OnlineRL):
+    """PPO: the online round with GAE advantages and a critic."""
+
+    estimator_class = GAEAdvantages
+    critic_class = Critic
+    console_keys = ("rewards/total/mean", "eval/rewards/total/mean", "kl", "value_loss")

@@ -47,10 +47,3 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = LOGSUMEXP_CHUNK_
     if not out:
         return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
     return torch.cat(out).reshape(logits.shape[:-1])
-
-
-def shift_for_next_token(
-    logits: torch.Tensor, input_ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align position t's logits with token t+1: returns (logits[:, :-1], input_ids[:, 1:])."""
-    return logits[:, :-1], input_ids[:, 1:]

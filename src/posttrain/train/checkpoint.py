@@ -46,7 +46,6 @@ from posttrain.errors import PosttrainError
 
 MANIFEST = "manifest.json"
 FORMAT = 2
-FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 
 
 class CheckpointError(PosttrainError):

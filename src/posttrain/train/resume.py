@@ -80,8 +80,7 @@ def check_same_batch(state: dict, examples_per_step: int | None, found: Path) ->
 
 def check_same_algorithm(state: dict, trainer: str, found: Path) -> None:
     """A checkpoint continues the trainer that wrote it (a DPO run must not resume an SFT run's
-    folder). GRPO and RLOO share a trainer; their configs differ (advantage_estimator), which
-    ``check_config`` refuses."""
+    folder)."""
     saved = state.get("trainer")
     if saved is not None and saved != trainer:
         raise ConfigError(
