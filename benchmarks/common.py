@@ -51,9 +51,9 @@ def run_workers(script: str, specs: list[tuple[str, dict]], env: dict) -> tuple[
 def print_table(rows: list[dict], file=sys.stdout) -> None:
     if not rows:
         return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns, in order
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
     print(" | ".join(k.ljust(widths[k]) for k in keys), file=file)
     print("-|-".join("-" * widths[k] for k in keys), file=file)
     for r in rows:
-        print(" | ".join(str(r[k]).ljust(widths[k]) for k in keys), file=file)
+        print(" | ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys), file=file)

@@ -120,3 +120,60 @@ def test_gpu_check_workloads_run_on_cpu(kind, tmp_path):
     assert result[key] > 0
     if kind == "sft":
         assert result["TFLOP/s"] > 0 and result["MFU %"] == "n/a"  # no GPU peak on CPU
+
+
+# --- compare_trl.py: the posttrain side and the checks (TRL itself lives in its own venv) -----
+
+
+@pytest.fixture(scope="module")
+def trl_bench():
+    return load_benchmark("compare_trl")
+
+
+@pytest.mark.parametrize("workload", ["sft", "dpo", "grpo"])
+def test_compare_trl_posttrain_worker_counts_what_it_trains(trl_bench, workload, tmp_path):
+    import argparse
+    import json
+
+    from posttrain.hub import resolve_model
+
+    args = argparse.Namespace(sft_batch=2, sft_steps=3, dpo_batch=2, dpo_steps=2, seq_len=48,
+                              prompts=2, generations=2, new_tokens=4, grpo_steps=2, beta=0.04)
+    spec = {**trl_bench.workload_spec(workload, args), "workload": workload, "threads": 1,
+            "model": resolve_model("random:tiny"), "model_name": "random:tiny", "seed": 0,
+            "output_dir": str(tmp_path / "out")}
+    rows = spec["batch_size"] * (spec["steps"] + 1)
+    spec["data"] = str(trl_bench.write_data(tmp_path, workload, rows, spec.pop("words")))
+    result = trl_bench.posttrain_worker(spec)
+    assert len(result["step_seconds"]) == len(result["losses"]) == spec["steps"]
+    assert len(result["tokens"]) == spec["steps"] and min(result["tokens"]) > 0
+    if workload == "sft":  # the response tokens of the file's first rows, counted independently
+        from transformers import AutoTokenizer
+
+        from posttrain.data.formats import to_sft_example
+        from posttrain.data.tokenize import IGNORE_INDEX, tokenize_sft
+
+        tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+        first = [json.loads(x) for x in Path(spec["data"]).read_text().splitlines()[:2]]
+        labels = [tokenize_sft(tokenizer, to_sft_example(r, "row"), 48).labels for r in first]
+        assert result["tokens"][0] == sum(int(t != IGNORE_INDEX) for x in labels for t in x[1:])
+    assert trl_bench.throughput(workload, spec, result) > 0
+
+
+def test_compare_trl_checks_say_what_differs(trl_bench):
+    assert trl_bench.tokens_check("sft", [5, 6], [5, 6], 2) == "equal"
+    assert trl_bench.tokens_check("dpo", [5, 6], [9, 10], 2).startswith("TRL +1/response")
+    assert trl_bench.tokens_check("sft", [5, 6], [7, 8], 2).startswith("TRL +1/response")
+    assert trl_bench.tokens_check("sft", [5, 6], [6, 7], 2).startswith("DIFFER")
+    assert trl_bench.tokens_check("grpo", [5, 6], [7, 8], 2) == "11 vs 15"
+    assert trl_bench.loss_check("sft", [1.0, 2.0], [1.5, 2.0]) == "5.00e-01"
+    assert trl_bench.loss_check("grpo", [1.0], [1.0]) == "-"
+    with pytest.raises(SystemExit, match="cannot import trl"):
+        trl_bench.find_trl_python(__import__("sys").executable)  # this venv has no TRL
+
+
+def test_logprob_memory_worker_runs_both_ways():
+    bench = load_benchmark("logprob_memory")
+    for mode in ("full", "chunked"):
+        row = bench.worker(mode, tokens=16, layers=1, vocab=512)
+        assert row["mode"] == mode and row["seconds"] > 0 and row["extra_peak_mb"] >= 0

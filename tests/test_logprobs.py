@@ -67,6 +67,40 @@ def test_token_logprobs_gradients_match(tiny_tokenizer):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_token_logprobs_score_mask_scores_only_the_masked_positions(tiny_tokenizer):
+    """SFT's loss mask as ``score_mask``: masked positions equal the full computation (values
+    and gradients), the others are 0 and contribute nothing."""
+    from posttrain.tiny import build_tiny_model
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 500, (2, 9))
+    targets = input_ids[:, 1:]
+    mask = torch.zeros_like(targets, dtype=torch.bool)
+    mask[0, 4:] = True
+    mask[1, 2:6] = True
+    a, b = build_tiny_model(tiny_tokenizer), build_tiny_model(tiny_tokenizer)
+    full, _ = TokenLogprobs(a, chunk_rows=3)(input_ids, targets)
+    scored, entropy = TokenLogprobs(b, chunk_rows=3)(input_ids, targets, score_mask=mask,
+                                                     return_entropy=True)
+    torch.testing.assert_close(scored[mask], full[mask], atol=1e-6, rtol=1e-6)
+    assert (scored[~mask] == 0).all() and (entropy[~mask] == 0).all()
+    assert (entropy[mask] > 0).all()
+    (full * mask).sum().backward()
+    scored.sum().backward()
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, atol=1e-6, rtol=1e-5, msg=name)
+    nothing, _ = TokenLogprobs(b)(input_ids, targets, score_mask=torch.zeros_like(mask))
+    assert nothing.shape == targets.shape and (nothing == 0).all()
+
+
+def test_fused_adamw_where_supported():
+    from posttrain.train.optim import fused_supported
+
+    assert fused_supported([torch.zeros(2, requires_grad=True)])
+    assert not fused_supported([])
+    assert not fused_supported([torch.zeros(2, device="meta")])
+
+
 def test_sft_loss_reductions_by_hand():
     logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])

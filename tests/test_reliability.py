@@ -242,6 +242,24 @@ def test_non_finite_weights_stop_the_run_before_they_are_saved(memorise_data, tm
     assert checkpoints(out) == ["step-000001"]  # the last good state, nothing after it
 
 
+def test_weights_finite_sees_every_kind_of_bad_value_and_no_false_alarm():
+    """The guard's fast path is a sum per tensor: a sum that overflows (finite values) must not
+    raise the alarm; NaN, +inf and -inf anywhere must."""
+    from posttrain.train.guards import weights_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    assert weights_finite(model)
+    with torch.no_grad():
+        model[0].weight[0, :2] = 3e38  # the sum overflows, every value is finite
+    assert weights_finite(model)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with torch.no_grad():
+            model[1].bias[1] = bad
+        assert not weights_finite(model), bad
+    model[1].bias.requires_grad_(False)  # frozen weights are not the guard's business
+    assert weights_finite(model)
+
+
 # --- reward faults ------------------------------------------------------------------------
 
 @pytest.fixture

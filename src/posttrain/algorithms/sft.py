@@ -112,6 +112,7 @@ class SFT(Trainer):
             targets.clamp(min=0),
             attention_mask=batch.get("attention_mask"),
             position_ids=batch.get("position_ids"),
+            score_mask=mask,  # the prompt's positions skip the output layer
         )  # [B, T-1]
         sequence_ids = None
         if "position_ids" in batch and self.config.loss_reduction == "sequence":
@@ -142,7 +143,7 @@ class SFT(Trainer):
             logprobs, _ = wrapped(
                 batch["input_ids"], targets.clamp(min=0),
                 attention_mask=batch.get("attention_mask"),
-                position_ids=batch.get("position_ids"),
+                position_ids=batch.get("position_ids"), score_mask=mask,
             )
             return torch.stack([-(logprobs * mask).sum(), mask.sum()])
 

@@ -18,7 +18,16 @@ from torch.utils.checkpoint import checkpoint
 from posttrain.ops.logprobs import entropy_from_logits, selective_log_softmax
 from posttrain.train.sharding import no_split_modules
 
-CHUNK_ROWS = 1024
+# Logits per chunk of rows: 256 MiB of float32 (for Qwen's 151,936-token vocabulary 441 rows;
+# for a 512-token vocabulary 131,072, i.e. no chunking). Smaller chunks save little more memory
+# and cost time: every chunk's backward adds a [V, H] weight gradient. The backward of a chunk holds ~4 such
+# tensors (logits, their float32 copy, exp, the gradient): at T = 1024 this is what keeps the
+# log-prob step at a fraction of the [T, V] tensor (docs/performance.md).
+CHUNK_BYTES = 256 << 20
+
+
+def chunk_rows_for(vocab_size: int) -> int:
+    return max(16, CHUNK_BYTES // (4 * max(vocab_size, 1)))
 
 
 def _head_logprobs(
@@ -39,10 +48,11 @@ class TokenLogprobs(nn.Module):
     are never sent through the output layer).
     """
 
-    def __init__(self, model: nn.Module, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, model: nn.Module, chunk_rows: int | None = None):
         super().__init__()
         self.model = model
-        self.chunk_rows = chunk_rows
+        vocab = getattr(model.config, "vocab_size", None) or 151_936  # unknown: assume large
+        self.chunk_rows = chunk_rows or chunk_rows_for(vocab)
         self._no_split_modules = no_split_modules(model)  # FSDP auto-wrap reads the root's
         config = model.config
         # Heads with soft-capping or scaling are computed the plain way (full logits).
@@ -58,7 +68,12 @@ class TokenLogprobs(nn.Module):
         position_ids: torch.Tensor | None = None,
         temperature: float = 1.0,
         return_entropy: bool = False,
+        score_mask: torch.Tensor | None = None,  # [B, T'] bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``score_mask`` (optional): only these positions go through the output layer, the
+        others come back as 0. SFT passes its loss mask: the prompt's positions are never
+        trained, and with Qwen's 151,936-token vocabulary the output layer is a quarter of the
+        model's FLOPs per position."""
         num_targets = targets.shape[1]
         # positions whose next token is a target: T-1-T' .. T-2
         start = input_ids.shape[1] - 1 - num_targets
@@ -68,7 +83,11 @@ class TokenLogprobs(nn.Module):
                 position_ids=position_ids, use_cache=False,
             ).logits[:, start:-1] / temperature
             entropy = entropy_from_logits(logits.detach()) if return_entropy else None
-            return selective_log_softmax(logits, targets), entropy
+            logprobs = selective_log_softmax(logits, targets)
+            if score_mask is not None:
+                logprobs = logprobs.masked_fill(~score_mask, 0.0)
+                entropy = None if entropy is None else entropy.masked_fill(~score_mask, 0.0)
+            return logprobs, entropy
 
         hidden = self.model.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask,
@@ -77,6 +96,10 @@ class TokenLogprobs(nn.Module):
         head = self.model.get_output_embeddings()
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # [B*T', H]
         flat_targets = targets.reshape(-1)
+        scored = None
+        if score_mask is not None:
+            scored = score_mask.reshape(-1).nonzero().squeeze(-1)  # [n] flat positions
+            flat_hidden, flat_targets = flat_hidden[scored], flat_targets[scored]
         pieces, entropies = [], []
         for lo in range(0, flat_hidden.shape[0], self.chunk_rows):
             h, t = flat_hidden[lo : lo + self.chunk_rows], flat_targets[lo : lo + self.chunk_rows]
@@ -89,6 +112,16 @@ class TokenLogprobs(nn.Module):
             if return_entropy:
                 with torch.no_grad():
                     entropies.append(entropy_from_logits(head(h.detach()) / temperature))
-        logprobs = torch.cat(pieces).reshape(targets.shape)
-        entropy = torch.cat(entropies).reshape(targets.shape) if return_entropy else None
+        logprobs = _unflatten(pieces, scored, targets)
+        entropy = _unflatten(entropies, scored, targets) if return_entropy else None
         return logprobs, entropy
+
+
+def _unflatten(pieces: list[torch.Tensor], scored: torch.Tensor | None,
+               targets: torch.Tensor) -> torch.Tensor:
+    """Chunks of per-position values back to [B, T']; unscored positions are 0."""
+    values = torch.cat(pieces) if pieces else targets.new_zeros(0, dtype=torch.float32)
+    if scored is None:
+        return values.reshape(targets.shape)
+    full = values.new_zeros(targets.numel())
+    return full.index_put((scored,), values).reshape(targets.shape)

@@ -61,12 +61,16 @@ class StopRequests:
 
 def weights_finite(model: torch.nn.Module) -> bool:
     """Every trainable weight finite, on every process (FSDP shards checked locally, then
-    agreed): a collective call."""
+    agreed): a collective call. A tensor's sum is NaN or inf whenever one of its values is, and
+    a sum is one read with no temporary (40 ms for Qwen2.5-0.5B's body on 2 CPU threads, where
+    ``isfinite(p).all()`` per tensor took 0.5 s); only a tensor whose sum is not finite (a
+    non-finite value, or finite values that overflow the sum) is checked value by value."""
+    local = [(p.to_local() if hasattr(p, "to_local") else p).detach()
+             for p in model.parameters() if p.requires_grad and p.numel()]
     bad = 0.0
-    for p in model.parameters():
-        if p.requires_grad:
-            local = p.to_local() if hasattr(p, "to_local") else p
-            if not bool(torch.isfinite(local.detach()).all()):
-                bad = 1.0
-                break
+    if local:
+        sums_finite = torch.isfinite(torch.stack([t.sum().float() for t in local]))  # one sync
+        if not bool(sums_finite.all()):
+            suspects = sums_finite.logical_not().nonzero().flatten().tolist()
+            bad = float(any(not bool(torch.isfinite(local[i]).all()) for i in suspects))
     return all_reduce_max(bad) == 0.0

@@ -35,6 +35,7 @@ from torch import nn
 
 from posttrain.config import to_dict
 from posttrain.errors import ConfigError, PosttrainError
+from posttrain.train.allocator import keep_freed_memory
 from posttrain.train.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -86,6 +87,7 @@ def train(algorithm: Trainer, callbacks: Sequence[Callback] = ()) -> dict[str, f
     final evaluation's. ``callbacks`` (``trainer.Callback``) hear of every logged step and
     evaluation, on process 0."""
     config = algorithm.config
+    keep_freed_memory()  # no page faults for memory every step frees and allocates again
     accelerator = make_accelerator(config.mixed_precision)
     torch.manual_seed(config.seed)
 

@@ -29,7 +29,19 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         if no_decay:
             split.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return torch.optim.AdamW(
-        split, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2)
+        split, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        fused=fused_supported(p for group in split for p in group["params"]),
+    )
+
+
+def fused_supported(params) -> bool:
+    """The fused AdamW kernel (one pass over each tensor) for floating-point parameters on the
+    CPU or a CUDA device. Without it, PyTorch on the CPU steps parameter by parameter with a
+    temporary per operation: on Qwen2.5-0.5B's shape that was 1.9 s of a 12 s SFT step
+    (docs/performance.md). Same update, different float rounding only."""
+    params = list(params)
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
     )
 
 
