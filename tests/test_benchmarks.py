@@ -172,8 +172,14 @@ def test_compare_trl_checks_say_what_differs(trl_bench):
         trl_bench.find_trl_python(__import__("sys").executable)  # this venv has no TRL
 
 
-def test_logprob_memory_worker_runs_both_ways():
-    bench = load_benchmark("logprob_memory")
-    for mode in ("full", "chunked"):
-        row = bench.worker(mode, tokens=16, layers=1, vocab=512)
-        assert row["mode"] == mode and row["seconds"] > 0 and row["extra_peak_mb"] >= 0
+def test_logprob_memory_command_runs_every_mode():
+    """Through its command line, each mode in its own process as in a real run."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "logprob_memory.py"), "--tokens", "16",
+                          "--vocab", "512", "--chunk-rows", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("full", "chunked"))]
+    assert [r[0].strip() for r in rows] == ["full", "chunked", "chunked"]
+    assert [r[1].strip() for r in rows] == ["-", "131072", "4"]  # default, then --chunk-rows

@@ -260,6 +260,25 @@ def test_weights_finite_sees_every_kind_of_bad_value_and_no_false_alarm():
     assert weights_finite(model)
 
 
+def test_allocator_tuning_respects_the_users_choice(monkeypatch):
+    import platform
+
+    from posttrain.train import allocator
+
+    assert allocator.user_chose_allocator({"MALLOC_ARENA_MAX": "2"})
+    assert allocator.user_chose_allocator({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
+    assert not allocator.user_chose_allocator({"PATH": "/bin", "LD_PRELOAD": ""})
+    monkeypatch.setattr(allocator, "_done", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1")
+    assert allocator.keep_freed_memory() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD"]:
+        monkeypatch.delenv(name, raising=False)
+    if platform.libc_ver()[0] == "glibc":
+        assert allocator.keep_freed_memory() is True
+        assert allocator.keep_freed_memory() is False  # once per process
+
+
 # --- reward faults ------------------------------------------------------------------------
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from torch.utils.checkpoint import checkpoint
 from posttrain.ops.logprobs import entropy_from_logits, selective_log_softmax
 from posttrain.train.sharding import no_split_modules
 
-# Logits per chunk of rows: 256 MiB of float32 (for Qwen's 151,936-token vocabulary 441 rows;
-# for a 512-token vocabulary 131,072, i.e. no chunking). Smaller chunks save little more memory
-# and cost time: every chunk's backward adds a [V, H] weight gradient. The backward of a chunk holds ~4 such
-# tensors (logits, their float32 copy, exp, the gradient): at T = 1024 this is what keeps the
-# log-prob step at a fraction of the [T, V] tensor (docs/performance.md).
+# Logits per chunk of rows: 256 MiB of float32 (441 rows for Qwen's 151,936-token vocabulary;
+# 131,072 for a 512-token one, i.e. no chunking). A chunk's backward holds a few tensors of this
+# size (logits, exp, their gradient), so at T = 1024 the log-prob step needs 0.67x the memory of
+# full [T, V] logits (docs/performance.md). Smaller chunks save little more and cost time: each
+# chunk's backward makes its own [V, H] weight gradient.
 CHUNK_BYTES = 256 << 20
 
 
