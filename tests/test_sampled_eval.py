@@ -1,0 +1,53 @@
+"""pass@k and maj@k against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from posttrain.errors import PosttrainError
+from posttrain.evaluation.sampling import maj_at_k, pass_at_k, sampled_summary
+
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), [
+    (5, 2, 1, 2 / 5),  # pass@1 is the fraction correct
+    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+    (10, 3, 3, 1 - 35 / 120),  # 1 - C(7,3)/C(10,3)
+    (5, 2, 4, 1.0),  # only 3 wrong samples: every 4-subset has a correct one
+    (4, 0, 2, 0.0),
+    (3, 3, 1, 1.0),
+])
+def test_pass_at_k_by_hand(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_is_the_binomial_formula_and_not_the_biased_one():
+    for n in range(1, 12):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12), (n, c, k)
+    assert pass_at_k(5, 2, 2) != pytest.approx(1 - (1 - 2 / 5) ** 2)  # 0.7 vs 0.64
+
+
+def test_maj_at_k_by_hand():
+    answers = ["4", "5", "4", None, "5"]
+    assert maj_at_k(answers, "4", 3) == 1.0  # 4 twice, 5 once
+    assert maj_at_k(answers, "4", 5) == 1.0  # 2-2 tie: the answer seen first wins
+    assert maj_at_k(answers, "5", 5) == 0.0
+    assert maj_at_k(["5", None, None], "5", 3) == 1.0  # no-answer never outvotes an answer
+    assert maj_at_k([None, None], "5", 2) == 0.0
+
+
+def test_sampled_summary_means_over_prompts():
+    summary = sampled_summary([[True, False], [False, False]], [1, 2],
+                              answers=[["7", "8"], ["1", "2"]], gold=["7", "3"])
+    assert summary == pytest.approx({"pass@1": 0.25, "pass@2": 0.5, "maj@1": 0.5, "maj@2": 0.5})
+
+
+def test_impossible_k_is_an_error():
+    with pytest.raises(PosttrainError, match="k <= n"):
+        pass_at_k(3, 1, 4)
+    with pytest.raises(PosttrainError, match="k=3 but 2 answers"):
+        maj_at_k(["1", "2"], "1", 3)
