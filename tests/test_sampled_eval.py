@@ -51,3 +51,59 @@ def test_impossible_k_is_an_error():
         pass_at_k(3, 1, 4)
     with pytest.raises(PosttrainError, match="k=3 but 2 answers"):
         maj_at_k(["1", "2"], "1", 3)
+
+
+class SamplesGenerator:
+    """Returns the listed samples of each prompt (prompt-major, as a real generator does)."""
+
+    def __init__(self, samples: list[list[str]]) -> None:
+        self.samples, self.params = list(samples), []
+
+    def generate(self, prompts, params):
+        from posttrain.rollout.base import Rollout
+
+        self.params.append(params)
+        texts, index = [], []
+        for i in range(len(prompts)):
+            row = self.samples.pop(0)
+            assert len(row) == params.n
+            texts += row
+            index += [i] * len(row)
+        ids = [[1] * len(t.split()) for t in texts]
+        return Rollout(prompt_ids=prompts, completion_ids=ids, completions=texts,
+                       sampler_logprobs=[[0.0] * len(i) for i in ids],
+                       finish_reasons=["stop"] * len(texts), prompt_index=index)
+
+
+def test_sampled_arithmetic_by_hand(tiny_tokenizer):
+    from posttrain.evaluation.sampling import evaluate_arithmetic_sampled
+
+    rows = [{"prompt": "What is 2 + 2?", "answer": "4"}, {"prompt": "What is 3 * 3?", "answer": "9"}]
+    generator = SamplesGenerator([
+        [r"\boxed{4}", r"\boxed{5}", r"\boxed{5}", r"\boxed{4}"],  # c = 2, vote tied: 4 first
+        [r"\boxed{6}", r"\boxed{6}", r"\boxed{9}", "no idea"],  # c = 1, vote: 6
+    ])
+    result = evaluate_arithmetic_sampled(None, tiny_tokenizer, rows, samples=4, temperature=0.7,
+                                         batch_size=1, generator=generator)
+    assert [p.n for p in generator.params] == [4, 4]
+    assert all(p.temperature == 0.7 for p in generator.params)
+    assert result["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert result["pass@2"] == pytest.approx(((1 - 1 / 6) + (1 - 3 / 6)) / 2)  # 1 - C(2,2)/C(4,2), 1 - C(3,2)/C(4,2)
+    assert result["pass@4"] == 1.0
+    assert result["maj@1"] == pytest.approx(0.5) and result["maj@4"] == pytest.approx(0.5)
+    assert result["mean_sample_accuracy"] == pytest.approx(3 / 8)
+    assert result["records"][1]["correct"] == [False, False, True, False]
+
+
+def test_eval_samples_from_the_command_line(capsys):
+    import json
+
+    from posttrain.cli import main
+
+    assert main(["eval", "--model", "random:tiny", "--task", "arithmetic", "--limit", "2",
+                 "--samples", "2", "--max-new-tokens", "4", "--batch-size", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["samples"] == 2 and summary["n"] == 2
+    assert {"pass@1", "pass@2", "maj@1", "maj@2"} <= set(summary)
+    assert 0.0 <= summary["pass@1"] <= summary["pass@2"] <= 1.0
+    assert main(["eval", "--model", "random:tiny", "--task", "identity", "--samples", "2"]) == 2

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     ev.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap")
     ev.add_argument("--new-name", default="Posty", help="identity task: the name to look for")
+    ev.add_argument("--samples", type=int, default=0,
+                    help="arithmetic: N sampled answers per row -> pass@k and maj@k "
+                         "(k = 1, 2, 4, ..., N) instead of one greedy answer")
+    ev.add_argument("--temperature", type=float, default=1.0, help="with --samples")
+    ev.add_argument("--seed", type=int, default=0, help="with --samples")
 
     sample = sub.add_parser(
         "sample", help="rejection sampling: best-of-K completions per prompt -> SFT data")
@@ -190,7 +195,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.model, args.task, args.split, args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, output=args.output, new_name=args.new_name,
-        data=args.data, progress=True,
+        data=args.data, progress=True, samples=args.samples, temperature=args.temperature,
+        seed=args.seed,
     )
     print(summary_line(result))
     table = format_levels(result)

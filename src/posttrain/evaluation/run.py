@@ -17,6 +17,7 @@ from posttrain.errors import ConfigError
 from posttrain.evaluation.arithmetic import evaluate_arithmetic
 from posttrain.evaluation.common import write_records
 from posttrain.evaluation.identity import evaluate_identity
+from posttrain.evaluation.sampling import evaluate_arithmetic_sampled
 from posttrain.tasks import DATA_SEED, get_task, read_jsonl
 from posttrain.tasks.identity import NEW_NAME, OLD_NAMES
 
@@ -51,16 +52,23 @@ def evaluate(
     data: str | Path | None = None,
     dtype: str = "auto",
     progress: bool = False,
+    samples: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a model (alias, hub id, trained folder or LoRA adapter folder) on ``task``.
 
     ``limit`` keeps the first N rows (the test files interleave levels, so a prefix still covers
     every level). With ``output``, one jsonl line per answer is written there. The result is the
     evaluator's summary plus ``model``, ``split`` and ``seconds``; ``records`` holds every answer.
+    ``samples`` > 0 (arithmetic): that many sampled answers per row at ``temperature``, scored as
+    pass@k and maj@k (:mod:`posttrain.evaluation.sampling`) instead of one greedy answer.
     """
     from posttrain.models import load_tokenizer, load_trained, tokenizer_name
 
     rows = task_rows(task, split, data)
+    if samples and task != "arithmetic":
+        raise ConfigError(f"--samples (pass@k / maj@k) is for the arithmetic task, not {task!r}.")
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"limit must be >= 1, got {limit}.")
@@ -69,7 +77,12 @@ def evaluate(
     tokenizer = load_tokenizer(tokenizer_name(model_name_or_folder))
     model = load_trained(model_name_or_folder, dtype)
     model.eval()
-    if task == "arithmetic":
+    if samples:
+        result = evaluate_arithmetic_sampled(
+            model, tokenizer, rows, samples, temperature, batch_size, max_new_tokens, seed,
+            progress=progress,
+        )
+    elif task == "arithmetic":
         result = evaluate_arithmetic(
             model, tokenizer, rows, batch_size, max_new_tokens, progress=progress
         )
