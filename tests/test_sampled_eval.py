@@ -107,3 +107,6 @@ def test_eval_samples_from_the_command_line(capsys):
     assert {"pass@1", "pass@2", "maj@1", "maj@2"} <= set(summary)
     assert 0.0 <= summary["pass@1"] <= summary["pass@2"] <= 1.0
     assert main(["eval", "--model", "random:tiny", "--task", "identity", "--samples", "2"]) == 2
+    for bad in (["--batch-size", "0"], ["--temperature", "0"]):
+        assert main(["eval", "--model", "random:tiny", "--task", "arithmetic", "--limit", "1",
+                     "--samples", "2", *bad]) == 2, bad

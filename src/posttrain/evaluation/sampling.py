@@ -86,6 +86,9 @@ def evaluate_arithmetic_sampled(model, tokenizer, rows: list[dict], samples: int
     from posttrain.rollout.base import SamplingParams, encode_prompts
     from posttrain.rollout.hf import HFGenerator
 
+    if batch_size < 1 or max_new_tokens < 1:
+        raise PosttrainError(f"evaluation: batch_size={batch_size} and max_new_tokens="
+                             f"{max_new_tokens} must be >= 1.")
     if samples < 1 or temperature <= 0:
         raise PosttrainError(f"sampled evaluation needs samples >= 1 and temperature > 0 "
                              f"(got samples={samples}, temperature={temperature}); "
