@@ -14,18 +14,33 @@ import torch
 
 
 def peak_memory_mb() -> float:
-    """Peak memory of this process in MiB: torch's peak allocation on CUDA; on Linux CPUs the
-    resident-set high-water mark ``VmHWM`` from /proc/self/status (the true peak of this
-    process; ``ru_maxrss`` survives exec, so a child started from a large parent reports the
-    parent's peak); elsewhere ``ru_maxrss`` (KiB on Linux). Run one configuration per process
-    so peaks do not mix."""
+    """Peak memory of this process in MiB: torch's peak allocation on CUDA; on CPUs the
+    resident-set high-water mark (``rss_mb``). Run one configuration per process so peaks do
+    not mix."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    return rss_mb("VmHWM")
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """``VmHWM`` (the resident-set high-water mark: the true peak of this process) or ``VmRSS``
+    (the current resident set) in MiB from /proc/self/status on Linux; elsewhere ``ru_maxrss``
+    (KiB on Linux; it survives exec, so a child started from a large parent reports the
+    parent's peak)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current resident set."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_workers(script: str, specs: list[tuple[str, dict]], env: dict) -> tuple[list[dict], int]:

@@ -97,18 +97,10 @@ def workload_spec(workload: str, args: argparse.Namespace) -> dict:
             "beta": args.beta, "learning_rate": 1e-6, "words": 12}
 
 
-def posttrain_worker(spec: dict) -> dict:
-    """The posttrain side: the same work through the public API."""
-    import time
+def posttrain_config(spec: dict) -> tuple[dict, dict]:
+    """posttrain's config (and trainer keyword arguments) for one workload's spec."""
+    from trl_worker import length_reward
 
-    import torch
-    from trl_worker import Profiler, length_reward
-
-    import posttrain
-    from common import peak_memory_mb
-    from posttrain.data.tokenize import IGNORE_INDEX
-
-    torch.set_num_threads(spec["threads"])
     workload = spec["workload"]
     config = {
         "model": spec["model"], "train_data": spec["data"], "output_dir": spec["output_dir"],
@@ -132,6 +124,23 @@ def posttrain_worker(spec: dict) -> dict:
                       loss_type="grpo", scale_rewards="group", temperature=1.0, top_p=1.0,
                       top_k=0, num_iterations=1, mask_truncated_completions=False)
         kwargs["reward_functions"] = [length_reward]
+    return config, kwargs
+
+
+def posttrain_worker(spec: dict) -> dict:
+    """The posttrain side: the same work through the public API."""
+    import time
+
+    import torch
+    from trl_worker import Profiler
+
+    import posttrain
+    from common import peak_memory_mb
+    from posttrain.data.tokenize import IGNORE_INDEX
+
+    torch.set_num_threads(spec["threads"])
+    workload = spec["workload"]
+    config, kwargs = posttrain_config(spec)
     trainer = posttrain.trainer(workload, config, **kwargs)
     trainer.save = lambda *a, **k: None  # time training, not writing weights
     tokens: list[int] = []

@@ -26,13 +26,15 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import reset_peak_rss, rss_mb  # noqa: E402
 
 MODES = ("copy", "adapter", "precomputed", "none")
 WORDS = ("the cat sat on a mat while red dragon flew over quick brown fox jumps lazy dog "
@@ -47,24 +49,6 @@ def synthetic_pairs(n: int, prompt_words: int, response_words: int, seed: int = 
 
     return [{"prompt": text(prompt_words), "chosen": text(response_words),
              "rejected": text(response_words)} for _ in range(n)]
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def worker(spec: dict) -> dict:
@@ -104,7 +88,7 @@ def worker(spec: dict) -> dict:
         setup_peak = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
     else:
-        setup_peak = peak_rss_mb()
+        setup_peak = rss_mb()
         split = reset_peak_rss()
     algo.model.train()
     times, pairs_per_step = [], 0
@@ -120,7 +104,7 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t)
         pairs_per_step = step_batch.totals["pairs"]
     timed = times[1:] or times
-    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mb()
     return {
         "model": spec["model"], "mode": mode, "lora": config.use_lora,
         "device": "cuda" if cuda else "cpu", "setup_s": setup_s,

@@ -31,22 +31,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM to the current resident set."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def worker(mode: str, tokens: int, layers: int, vocab: int, chunk_rows: int = 0) -> dict:
     import torch
     from transformers import Qwen2ForCausalLM
 
+    from common import reset_peak_rss, rss_mb
     from posttrain.hub import qwen25_05b_config
     from posttrain.train.forward import TokenLogprobs
 
@@ -72,7 +61,7 @@ def worker(mode: str, tokens: int, layers: int, vocab: int, chunk_rows: int = 0)
     step(8)  # gradients allocated once, outside the measurement
     model.zero_grad(set_to_none=False)
     before = rss_mb("VmRSS")
-    reset_peak()
+    reset_peak_rss()
     seconds = step(tokens)
     return {"mode": mode, "chunk rows": scorer.chunk_rows if mode == "chunked" else "-",
             "extra_peak_mb": round(rss_mb("VmHWM") - before),

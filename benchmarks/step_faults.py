@@ -3,8 +3,8 @@
     python benchmarks/step_faults.py --steps 8                      # Qwen2.5-0.5B shape
     MALLOC_TRIM_THRESHOLD_=131072 python benchmarks/step_faults.py  # glibc's defaults back
 
-Trains ``--steps`` SFT steps of ``compare_trl.py``'s SFT workload (batch 2, max length 256,
-fp32, 2 threads) and prints, per step, the step's seconds and the process's minor page faults,
+Trains ``--steps`` SFT steps of ``compare_trl.py``'s SFT workload and config (batch 2, max
+length 256, fp32, ``--threads`` threads) and prints, per step, the step's seconds and the process's minor page faults,
 kernel (sys) and user CPU seconds during it (``getrusage``). A ``MALLOC_*_`` variable in the
 environment makes posttrain leave glibc's settings alone (``posttrain.train.allocator``), so the
 second command shows the run without the change.
@@ -31,20 +31,21 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from compare_trl import write_data
+    from compare_trl import posttrain_config, workload_spec, write_data
 
     import posttrain
+    from posttrain.hub import resolve_model
 
     torch.set_num_threads(args.threads)
+    sizes = argparse.Namespace(sft_batch=2, sft_steps=args.steps, seq_len=256)
+    spec = {**workload_spec("sft", sizes), "workload": "sft", "seed": 0,
+            "model": resolve_model(args.model)}
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_data(Path(tmp), "sft", 2 * (args.steps + 1), 64)
-        trainer = posttrain.trainer("sft", {
-            "model": args.model, "train_data": str(data), "output_dir": f"{tmp}/out",
-            "per_device_batch_size": 2, "max_steps": args.steps, "max_length": 256,
-            "learning_rate": 1e-5, "lr_scheduler": "constant", "warmup_steps": 0,
-            "gradient_checkpointing": False, "shuffle": False, "progress": False,
-            "dtype": "float32", "logging_steps": 1,
-        })
+        spec["data"] = str(write_data(Path(tmp), "sft", spec["batch_size"] * (args.steps + 1),
+                                      spec.pop("words")))
+        spec["output_dir"] = f"{tmp}/out"
+        config, _ = posttrain_config(spec)
+        trainer = posttrain.trainer("sft", config)
         trainer.save = lambda *a, **k: None
         last = [resource.getrusage(resource.RUSAGE_SELF)]
 

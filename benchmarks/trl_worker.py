@@ -18,13 +18,6 @@ import time
 from pathlib import Path
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class Profiler:
     """torch.profiler over the steady steps (from the end of step 1 to the end of training);
     the table of operators by self CPU time is written to ``path``. Shared by both workers."""
@@ -60,6 +53,8 @@ def main() -> None:
     from datasets import load_dataset
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from common import peak_memory_mb  # this folder's helper (torch only)
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -139,7 +134,7 @@ def main() -> None:
     profiler.finish()
     print("RESULT " + json.dumps({
         "step_seconds": step_seconds, "losses": losses, "tokens": tokens,
-        "peak_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
+        "peak_mb": peak_memory_mb(), "threads": torch.get_num_threads(),
         "versions": {"trl": trl.__version__, "torch": torch.__version__},
     }), flush=True)
 

@@ -44,29 +44,44 @@ def greedy_answers(
     to check scoring without a model). With ``progress``, a line per batch goes to stderr: on a
     CPU a full test split takes minutes and silence looks like a hang.
     """
-    if batch_size < 1 or max_new_tokens < 1:
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    return [group[0] for group in answer_groups(model, tokenizer, prompts, params, batch_size,
+                                                generator, progress)]
+
+
+def answer_groups(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    params: SamplingParams,
+    batch_size: int = 16,
+    generator: Generator | None = None,
+    progress: bool = False,
+) -> list[list[Answer]]:
+    """``params.n`` answers to each prompt (one list per prompt, in sampling order), decoded
+    ``batch_size`` prompts at a time: the loop behind greedy and sampled evaluation."""
+    if batch_size < 1 or params.max_new_tokens < 1:
         raise PosttrainError(
-            f"evaluation: batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1."
+            f"evaluation: batch_size={batch_size} and max_new_tokens={params.max_new_tokens} "
+            "must be >= 1."
         )
     if not prompts:
         raise PosttrainError("evaluation: no prompts to answer (empty data or --limit 0).")
     generator = generator or HFGenerator(model, tokenizer)
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    answers: list[Answer] = []
+    groups: list[list[Answer]] = []
     start = time.perf_counter()
     for first in range(0, len(prompts), batch_size):
         chunk = prompts[first : first + batch_size]
         rollout = generator.generate(encode_prompts(tokenizer, chunk), params)
-        answers += [
-            Answer(text.strip(), len(ids), reason)
-            for text, ids, reason in zip(
-                rollout.completions, rollout.completion_ids, rollout.finish_reasons
-            )
-        ]
+        chunk_groups: list[list[Answer]] = [[] for _ in chunk]
+        for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
+                                            rollout.finish_reasons, rollout.prompt_index):
+            chunk_groups[index].append(Answer(text.strip(), len(ids), reason))
+        groups += chunk_groups
         if progress:
-            print(f"eval: {len(answers)}/{len(prompts)} answered "
+            print(f"eval: {len(groups)}/{len(prompts)} answered "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    return answers
+    return groups
 
 
 def prompt_text(prompt: Prompt) -> str:

@@ -7,7 +7,6 @@ same numbers; ``evaluate_arithmetic_sampled`` is ``posttrain eval --samples N`` 
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
@@ -81,49 +80,35 @@ def evaluate_arithmetic_sampled(model, tokenizer, rows: list[dict], samples: int
     extracted final answers) for k = 1, 2, 4, ..., ``samples``, the mean accuracy of a single
     sample, mean length and truncation. ``seed`` makes the samples reproducible."""
     from posttrain.evaluation.arithmetic import _check_rows
-    from posttrain.evaluation.common import prompt_text
+    from posttrain.evaluation.common import answer_groups, prompt_text
     from posttrain.rewards.math_reward import extract_final_answer, math_reward
-    from posttrain.rollout.base import SamplingParams, encode_prompts
-    from posttrain.rollout.hf import HFGenerator
+    from posttrain.rollout.base import SamplingParams
 
-    if batch_size < 1 or max_new_tokens < 1:
-        raise PosttrainError(f"evaluation: batch_size={batch_size} and max_new_tokens="
-                             f"{max_new_tokens} must be >= 1.")
     if samples < 1 or temperature <= 0:
         raise PosttrainError(f"sampled evaluation needs samples >= 1 and temperature > 0 "
                              f"(got samples={samples}, temperature={temperature}); "
                              "temperature 0 is the greedy evaluation.")
-    if not rows:
-        raise PosttrainError("evaluation: no rows to answer (empty data or --limit 0).")
     _check_rows(rows)
-    generator = generator or HFGenerator(model, tokenizer)
     params = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                             seed=seed)
-    correct, answers, records, lengths, truncated = [], [], [], [], []
-    for first in range(0, len(rows), batch_size):
-        chunk = rows[first : first + batch_size]
-        rollout = generator.generate(encode_prompts(tokenizer, [r["prompt"] for r in chunk]),
-                                     params)
-        for i, row in enumerate(chunk):
-            texts = [t.strip() for t, p in zip(rollout.completions, rollout.prompt_index)
-                     if p == i]
-            rewards = math_reward([row["prompt"]] * len(texts), texts, [[]] * len(texts),
-                                  answer=[str(row["answer"])] * len(texts))
-            correct.append([r == 1.0 for r in rewards])
-            answers.append([extract_final_answer(t) for t in texts])
-            records.append({"prompt": prompt_text(row["prompt"]), "answer": str(row["answer"]),
-                            "completions": texts, "correct": correct[-1]})
-        lengths += [len(ids) for ids in rollout.completion_ids]
-        truncated += [reason == "length" for reason in rollout.finish_reasons]
-        if progress:  # on a CPU this takes minutes; silence would look like a hang
-            print(f"eval: {len(correct)}/{len(rows)} rows x {samples} samples",
-                  file=sys.stderr, flush=True)
+    groups = answer_groups(model, tokenizer, [row["prompt"] for row in rows], params,
+                           batch_size, generator, progress)
+    correct, answers, records = [], [], []
+    for row, group in zip(rows, groups):
+        texts = [a.text for a in group]
+        rewards = math_reward([row["prompt"]] * len(texts), texts, [[]] * len(texts),
+                              answer=[str(row["answer"])] * len(texts))
+        correct.append([r == 1.0 for r in rewards])
+        answers.append([extract_final_answer(t) for t in texts])
+        records.append({"prompt": prompt_text(row["prompt"]), "answer": str(row["answer"]),
+                        "completions": texts, "correct": correct[-1]})
+    every = [a for group in groups for a in group]
     gold = [str(row["answer"]) for row in rows]
     return {
         "task": "arithmetic", "n": len(rows), "samples": samples, "temperature": temperature,
         **sampled_summary(correct, ks_up_to(samples), answers, gold),
-        "mean_sample_accuracy": sum(map(sum, correct)) / (len(rows) * samples),
-        "mean_completion_tokens": sum(lengths) / max(len(lengths), 1),
-        "truncated_rate": sum(truncated) / max(len(truncated), 1),
+        "mean_sample_accuracy": sum(map(sum, correct)) / len(every),
+        "mean_completion_tokens": sum(a.tokens for a in every) / len(every),
+        "truncated_rate": sum(a.finish_reason == "length" for a in every) / len(every),
         "records": records,
     }

@@ -51,10 +51,10 @@ class TokenLogprobs(nn.Module):
     def __init__(self, model: nn.Module, chunk_rows: int | None = None):
         super().__init__()
         self.model = model
-        vocab = getattr(model.config, "vocab_size", None) or 151_936  # unknown: assume large
+        config = model.config
+        vocab = getattr(config, "vocab_size", None) or 151_936  # unknown: assume large
         self.chunk_rows = chunk_rows or chunk_rows_for(vocab)
         self._no_split_modules = no_split_modules(model)  # FSDP auto-wrap reads the root's
-        config = model.config
         # Heads with soft-capping or scaling are computed the plain way (full logits).
         self.plain_head = bool(
             getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
