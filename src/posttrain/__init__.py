@@ -7,7 +7,8 @@ GRPO, RLOO, REINFORCE++, PPO) from one CLI, YAML recipes, and this Python API.
 Each entry point takes a config (dict, YAML path or config object) and keyword overrides,
 validates them, trains, saves to ``output_dir`` and returns the last logged metrics with the
 final evaluation's (``api.run``). ``posttrain.trainer(name, ...)`` gives the trainer object
-without training it; ``posttrain.Callback`` hooks into steps and evaluations. Config and trainer
+without training it; ``posttrain.Callback`` hooks into steps and evaluations; ``posttrain.evaluate`` scores a model,
+``posttrain.run_pipeline(file)`` runs stages (SFT -> DPO -> RL) with evaluations between. Config and trainer
 classes are importable from here (``posttrain.SFTConfig``, ``posttrain.GRPO``, ...).
 """
 
@@ -27,6 +28,7 @@ _LAZY = {
     "PPOConfig": "posttrain.algorithms.ppo", "PPO": "posttrain.algorithms.ppo",
     "Callback": "posttrain.train.trainer", "Trainer": "posttrain.train.trainer",
     "trainer": "posttrain.api", "make_config": "posttrain.api",
+    "run_pipeline": "posttrain.pipeline", "evaluate": "posttrain.evaluation",
 }
 __all__ = ["sft", "dpo", "reward", "grpo", "rloo", "reinforce_pp", "ppo", *_LAZY]
 

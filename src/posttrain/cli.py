@@ -8,6 +8,7 @@
     posttrain score --model outputs/rm --data pairs.jsonl
     posttrain eval --model outputs/sft --task arithmetic --limit 100 --output answers.jsonl
     posttrain models
+    posttrain report outputs/grpo outputs/ppo --output reports/compare
 
 Training commands take ``--config FILE`` plus ``key=value`` overrides; ``--help-config`` lists
 every key with its default and meaning. User mistakes print one clear message (no traceback) and
@@ -78,20 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     score.add_argument("--max-length", type=int, default=1024, help="truncate to this many tokens")
 
-    ev = sub.add_parser("eval", help="accuracy / identity rate on a built-in task (greedy)")
-    ev.add_argument("--model", required=True,
-                    help="alias, hub id, trained folder or LoRA adapter folder")
-    ev.add_argument("--task", required=True, choices=["arithmetic", "identity"])
+    ev = sub.add_parser(
+        "eval", help="accuracy, identity rate or rewards of one or several models "
+                     "(greedy, or pass@k / maj@k from --samples)")
+    ev.add_argument("--model", required=True, nargs="+",
+                    help="alias, hub id, trained folder or LoRA adapter folder; several: "
+                         "compared side by side (e.g. the base model and the trained one)")
+    ev.add_argument("--task", choices=["arithmetic", "identity"],
+                    help="a built-in task; without it, --data and --rewards say what to score")
     ev.add_argument("--split", default="test", choices=["test", "train"])
-    ev.add_argument("--data", help="score this jsonl instead (same columns as the task's rows)")
+    ev.add_argument("--data", help="prompt rows (jsonl/json/csv/parquet) to evaluate on; with "
+                                   "--task, rows of the task's shape")
+    ev.add_argument("--rewards", nargs="+",
+                    help="score answers with these reward functions (built-in names, "
+                         "module:function, file.py:function), as in a recipe's rewards:")
+    ev.add_argument("--success-threshold", type=float, default=1.0,
+                    help="with --rewards: an answer is correct when its total reward is >= this")
     ev.add_argument("--limit", type=int, help="only the first N rows")
-    ev.add_argument("--output", help="jsonl to write: prompt, completion, correct per row")
+    ev.add_argument("--output", help="jsonl to write: prompt, completion, score per row "
+                                     "(with several models, each record names its model)")
+    ev.add_argument("--json", help="write the summaries (every model) to this JSON file")
+    ev.add_argument("--show", type=int, default=3, help="answers printed side by side")
     ev.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     ev.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap")
     ev.add_argument("--new-name", default="Posty", help="identity task: the name to look for")
     ev.add_argument("--samples", type=int, default=0,
-                    help="arithmetic: N sampled answers per row -> pass@k and maj@k "
-                         "(k = 1, 2, 4, ..., N) instead of one greedy answer")
+                    help="N sampled answers per row -> pass@k and maj@k (k = 1, 2, 4, ..., N) "
+                         "instead of one greedy answer")
     ev.add_argument("--temperature", type=float, default=1.0, help="with --samples")
     ev.add_argument("--seed", type=int, default=0, help="with --samples")
 
@@ -108,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     sample.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call")
     _sampling_args(sample, temperature=0.8)
+
+    report = sub.add_parser(
+        "report", help="plots + one self-contained HTML page of run dirs / pipeline dirs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="training output folders (metrics.jsonl) or pipeline folders")
+    report.add_argument("--output", help="folder for index.html and the PNGs; "
+                        "None = <first RUN_DIR>/report")
+    report.add_argument("--title", help="page title; None = the run names")
+
+    pipe = sub.add_parser(
+        "pipeline", help="run named stages (sft, dpo, reward, grpo, rloo, ppo, sample, eval) "
+                         "in order, evaluating after each; rerun to resume")
+    pipe.add_argument("file", help="pipeline YAML (e.g. recipes/smollm2-135m/pipeline.yaml)")
+    pipe.add_argument("--dry-run", action="store_true",
+                      help="check every stage and print the plan; run nothing")
+    pipe.add_argument("overrides", nargs="*",
+                      help="STAGE.key=value (a stage's config key) or key=value (a pipeline key)")
 
     sub.add_parser("models", help="list built-in model aliases")
     return parser
@@ -139,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             return _score(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "pipeline":
+            return _pipeline(args)
         if args.command == "models":
             from posttrain.hub import describe_aliases
 
@@ -179,6 +214,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from posttrain.pipeline import run_pipeline
+
+    try:
+        run_pipeline(args.file, args.overrides, dry_run=args.dry_run)
+    except TrainingStopped as err:
+        command = " ".join(["posttrain pipeline", args.file, *args.overrides])
+        print(f"posttrain pipeline: {err}\ncontinue with the same command: {command}",
+              file=sys.stderr)
+        return 128 + err.signum
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     from posttrain.reward_models import score_file
 
@@ -190,20 +238,44 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from posttrain.evaluation import evaluate, format_levels, summary_line
+    from posttrain.evaluation import EvalPlan, evaluate_model, format_levels, summary_line
+    from posttrain.evaluation.common import write_records
+    from posttrain.evaluation.compare import comparison_table, side_by_side
 
-    result = evaluate(
-        args.model, args.task, args.split, args.limit, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, output=args.output, new_name=args.new_name,
-        data=args.data, progress=True, samples=args.samples, temperature=args.temperature,
-        seed=args.seed,
-    )
-    print(summary_line(result))
-    table = format_levels(result)
-    if table:
-        print(table)
+    plan = EvalPlan(args.task, args.split, args.limit, args.rewards, args.data, args.batch_size,
+                    args.max_new_tokens, args.new_name, args.samples, args.temperature,
+                    args.seed, args.success_threshold)
+    plan.rows()  # mistakes are reported before any model loads
+    results = []
+    for name in args.model:
+        result = evaluate_model(name, plan, progress=True)
+        results.append(result)
+        print(summary_line(result))
+        table = format_levels(result)
+        if table:
+            print(table)
+    if len(results) > 1:
+        print(comparison_table(results))
+    if args.show > 0:
+        print(side_by_side(results, args.show))
     if args.output:
+        many = len(results) > 1
+        write_records([{"model": r["model"], **rec} if many else rec
+                       for r in results for rec in r["records"]], args.output)
         print(f"answers written to {args.output}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            [{k: v for k, v in r.items() if k != "records"} for r in results], indent=1,
+            ensure_ascii=False) + "\n")
+        print(f"summaries written to {args.json}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from posttrain.report import build_report
+
+    print(build_report(args.run_dirs, output=args.output, title=args.title))
     return 0
 
 

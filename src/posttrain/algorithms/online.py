@@ -412,30 +412,31 @@ class OnlineRL(Trainer):
     # --- evaluation, resumable state, saving ---------------------------------------------
     @torch.no_grad()
     def evaluate(self, wrapped) -> dict[str, float]:
-        """Greedy answers to the eval prompts, scored by the same reward functions (for the
-        math reward this is the accuracy, counted on the final answer only). Each process
-        answers and scores its share of the prompts; the means are over all of them."""
+        """Greedy answers to the eval prompts, scored by the same reward functions and
+        summarised by the code ``posttrain eval --rewards`` runs (``evaluation.reward_eval``):
+        mean reward per function (for the math reward this is the accuracy, counted on the
+        final answer only), accuracy, completion length, truncation. Each process answers and
+        scores its share of the prompts; the means are over all of them."""
+        from posttrain.evaluation.common import Answer
+        from posttrain.evaluation.reward_eval import score_groups, summarise
+
         if not self.eval_prompts:
             return {}
         here = ranks()
         size = self.config.eval_batch_size
         chunks = [self.eval_prompts[i : i + size] for i in range(0, len(self.eval_prompts), size)]
-        values: dict[str, list[float]] = {}
         with self.generation_weights():
             answers = [(chunk, self.sample([e.prompt for e in chunk],
                                            self.sampling_params(0, greedy=True)))
                        for chunk in chunks[here.rank :: here.world]]
+        mine = []
         for chunk, rollout in answers:
-            scored = self.rewards.score([e.prompt for e in chunk], rollout.completions,
-                                        rollout.completion_ids, columns_of(chunk),
-                                        prompt_forms=[e.original for e in chunk])
-            for name, got in [*scored.per_function.items(), ("total", scored.totals)]:
-                values.setdefault(name, []).extend(v for v in got if v is not None)
-        merged: dict[str, list[float]] = {}
-        for part in all_gather_objects(values):
-            for name, got in part.items():
-                merged.setdefault(name, []).extend(got)
-        return {f"rewards/{k}/mean": sum(v) / len(v) for k, v in sorted(merged.items()) if v}
+            groups: list[list[Answer]] = [[] for _ in chunk]
+            for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
+                                                rollout.finish_reasons, rollout.prompt_index):
+                groups[index].append(Answer(text, len(ids), reason, list(ids)))
+            mine += score_groups(chunk, groups, self.rewards)
+        return summarise([p for part in all_gather_objects(mine) for p in part])
 
     def state_dict(self) -> dict[str, Any]:
         return self.estimator.state_dict()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ Prompt = str | list[dict[str, str]]
 
 @dataclass
 class Answer:
-    """One greedy completion: its text, its length in tokens, and why it ended."""
+    """One completion: its text, its length in tokens, why it ended, and its token ids."""
 
     text: str
     tokens: int
     finish_reason: str  # "stop" (end-of-turn token) | "length" (hit max_new_tokens)
+    ids: list[int] = field(default_factory=list, repr=False)  # the completion's token ids
 
 
 def greedy_answers(
@@ -76,7 +77,7 @@ def answer_groups(
         chunk_groups: list[list[Answer]] = [[] for _ in chunk]
         for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
                                             rollout.finish_reasons, rollout.prompt_index):
-            chunk_groups[index].append(Answer(text.strip(), len(ids), reason))
+            chunk_groups[index].append(Answer(text.strip(), len(ids), reason, list(ids)))
         groups += chunk_groups
         if progress:
             print(f"eval: {len(groups)}/{len(prompts)} answered "

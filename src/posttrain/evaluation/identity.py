@@ -63,6 +63,7 @@ def evaluate_identity(
         "identity_rate": identity_rate(texts, new_name, old_names),
         "old_name_rate": old_rate,
         "mean_completion_tokens": sum(a.tokens for a in answers) / len(answers),
+        "truncated_rate": sum(a.finish_reason == "length" for a in answers) / len(answers),
         "samples": [{"prompt": r["prompt"], "completion": r["completion"]}
                     for r in records[:N_SAMPLES]],
         "records": records,

@@ -1,22 +1,29 @@
-"""``evaluate(model, task)``: load a model by name, pick the task's rows, score, write answers.
+"""``evaluate(model, ...)``: load a model by name, pick the rows, answer, score, write answers.
 
-The one entry point behind ``posttrain eval``. Rows come from the task generators
-(:mod:`posttrain.tasks`), not from files, so the evaluation works from an installed package
-without the repository; they are the same rows as ``recipes/data/<task>/<split>.jsonl``
-(the train split is the one drawn with seed 0). ``data=`` scores another file of the same shape.
+The one entry point behind ``posttrain eval`` and a pipeline's evaluations. What to evaluate
+on is an :class:`EvalPlan`: a built-in task (``arithmetic``: accuracy; ``identity``: identity
+rate), whose rows come from the task generators (:mod:`posttrain.tasks`), not from files, so the
+evaluation works from an installed package without the repository (they are the same rows as
+``recipes/data/<task>/<split>.jsonl``; the train split is the one drawn with seed 0); or any
+prompt file scored by any reward functions (:mod:`posttrain.evaluation.reward_eval`, the code
+the online trainers' periodic evaluation runs too). Greedy by default; ``samples`` > 0 draws
+that many answers per prompt for pass@k and maj@k.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from posttrain.errors import ConfigError
 from posttrain.evaluation.arithmetic import evaluate_arithmetic
 from posttrain.evaluation.common import write_records
-from posttrain.evaluation.identity import evaluate_identity
+from posttrain.evaluation.identity import N_SAMPLES, evaluate_identity
+from posttrain.evaluation.reward_eval import SUCCESS_THRESHOLD
 from posttrain.evaluation.sampling import evaluate_arithmetic_sampled
 from posttrain.tasks import DATA_SEED, get_task, read_jsonl
 from posttrain.tasks.identity import NEW_NAME, OLD_NAMES
@@ -41,10 +48,11 @@ def task_rows(task: str, split: str = "test", data: str | Path | None = None) ->
 
 def evaluate(
     model_name_or_folder: str,
-    task: str,
+    task: str | None = None,
     split: str = "test",
     limit: int | None = None,
     *,
+    rewards: Sequence | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 128,
     output: str | Path | None = None,
@@ -55,51 +63,138 @@ def evaluate(
     samples: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    success_threshold: float = SUCCESS_THRESHOLD,
 ) -> dict[str, Any]:
-    """Evaluate a model (alias, hub id, trained folder or LoRA adapter folder) on ``task``.
+    """Evaluate a model (alias, hub id, trained folder or LoRA adapter folder) on a task or
+    on ``data`` with ``rewards`` (see :class:`EvalPlan`); :func:`evaluate_model` does the work."""
+    plan = EvalPlan(task, split, limit, rewards, data, batch_size, max_new_tokens, new_name,
+                    samples, temperature, seed, success_threshold)
+    return evaluate_model(model_name_or_folder, plan, output=output, dtype=dtype,
+                          progress=progress)
 
-    ``limit`` keeps the first N rows (the test files interleave levels, so a prefix still covers
-    every level). With ``output``, one jsonl line per answer is written there. The result is the
-    evaluator's summary plus ``model``, ``split`` and ``seconds``; ``records`` holds every answer.
-    ``samples`` > 0 (arithmetic): that many sampled answers per row at ``temperature``, scored as
-    pass@k and maj@k (:mod:`posttrain.evaluation.sampling`) instead of one greedy answer.
-    """
+
+def evaluate_model(model_name_or_folder: str, plan: EvalPlan, *,
+                   output: str | Path | None = None, dtype: str = "auto",
+                   progress: bool = False) -> dict[str, Any]:
+    """Load the model, then :func:`evaluate_loaded`; the result also names the ``model`` and
+    the ``seconds`` taken. With ``output``, one jsonl line per prompt is written there."""
     from posttrain.models import load_tokenizer, load_trained, tokenizer_name
 
-    rows = task_rows(task, split, data)
-    if samples and task != "arithmetic":
-        raise ConfigError(f"--samples (pass@k / maj@k) is for the arithmetic task, not {task!r}.")
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}.")
-        rows = rows[:limit]
+    rows = plan.rows()  # bad arguments fail before the model loads
     start = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_name(model_name_or_folder))
     model = load_trained(model_name_or_folder, dtype)
     model.eval()
-    if samples:
-        result = evaluate_arithmetic_sampled(
-            model, tokenizer, rows, samples, temperature, batch_size, max_new_tokens, seed,
-            progress=progress,
-        )
-    elif task == "arithmetic":
-        result = evaluate_arithmetic(
-            model, tokenizer, rows, batch_size, max_new_tokens, progress=progress
-        )
-    else:
-        result = evaluate_identity(
-            model, tokenizer, [row["prompt"] for row in rows], new_name, OLD_NAMES,
-            batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-        )
-    result = {"model": model_name_or_folder, "split": split if data is None else str(data),
-              **result, "seconds": round(time.perf_counter() - start, 1)}
+    result = {"model": model_name_or_folder,
+              **evaluate_loaded(model, tokenizer, plan, rows, progress=progress)}
+    result["seconds"] = round(time.perf_counter() - start, 1)
     if output is not None:
         write_records(result["records"], output)
     return result
 
 
+@dataclass
+class EvalPlan:
+    """What to evaluate on and how: a built-in ``task`` (its rows, or ``data`` of the same
+    shape) scored its own way, or any prompt ``data`` (``prompt`` / ``messages`` rows plus the
+    columns the rewards read) scored by ``rewards`` (specs as in a recipe's ``rewards:``;
+    with a task they replace its scoring). ``samples`` > 0: that many sampled answers per
+    prompt at ``temperature`` (pass@k, maj@k), else one greedy answer."""
+
+    task: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    rewards: Sequence | None = None
+    data: str | Path | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    new_name: str = NEW_NAME
+    samples: int = 0
+    temperature: float = 1.0
+    seed: int = 0
+    success_threshold: float = SUCCESS_THRESHOLD
+
+    def rows(self) -> list[dict]:
+        """The rows, checked (with the settings) before any model loads."""
+        if self.task is None and (self.data is None or not self.rewards):
+            raise ConfigError("evaluation needs a built-in task (arithmetic, identity) or "
+                              "prompt data with reward functions (--data FILE --rewards math).")
+        if self.samples < 0 or (self.samples and self.temperature <= 0):
+            raise ConfigError(f"samples={self.samples}, temperature={self.temperature}: samples "
+                              "must be >= 0 and sampling needs a temperature > 0.")
+        if self.samples and self.task == "identity" and not self.rewards:
+            raise ConfigError("--samples (pass@k / maj@k) needs a reward to decide correctness; "
+                              "the identity task is evaluated greedily.")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}.")
+        if self.task is not None:
+            rows = task_rows(self.task, self.split, self.data)
+        else:
+            from posttrain.data.loading import load_rows
+
+            rows = load_rows(str(self.data)).rows
+        rows = rows[: self.limit] if self.limit else rows
+        if not rows:
+            raise ConfigError(f"no rows to evaluate in {self.data or self.task + '/' + self.split}.")
+        return rows
+
+    def source(self) -> str:
+        return str(self.data) if self.data is not None else self.split
+
+
+def evaluate_loaded(model, tokenizer, plan: EvalPlan, rows: list[dict] | None = None, *,
+                    generator=None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate an already loaded model (inside a notebook, a pipeline, a training run):
+    the summary (accuracy / identity rate / mean reward per function, pass@k and maj@k with
+    samples, length, truncation), ``samples`` (a few answers) and ``records`` (every answer)."""
+    rows = plan.rows() if rows is None else rows
+    where = {"split": plan.source()}
+    if plan.rewards:
+        return {"task": plan.task or "rewards", **where,
+                **_evaluate_with_rewards(model, tokenizer, plan, rows, generator, progress)}
+    if plan.samples:
+        return {**where, **evaluate_arithmetic_sampled(
+            model, tokenizer, rows, plan.samples, plan.temperature, plan.batch_size,
+            plan.max_new_tokens, plan.seed, generator=generator, progress=progress)}
+    if plan.task == "arithmetic":
+        return {**where, **evaluate_arithmetic(model, tokenizer, rows, plan.batch_size,
+                                               plan.max_new_tokens, generator, progress)}
+    return {**where, **evaluate_identity(
+        model, tokenizer, [row["prompt"] for row in rows], plan.new_name, OLD_NAMES,
+        batch_size=plan.batch_size, max_new_tokens=plan.max_new_tokens, generator=generator,
+        progress=progress)}
+
+
+def _evaluate_with_rewards(model, tokenizer, plan: EvalPlan, rows: list[dict], generator,
+                           progress: bool) -> dict[str, Any]:
+    from posttrain.data.formats import to_prompt_example
+    from posttrain.evaluation.common import answer_groups
+    from posttrain.evaluation.reward_eval import records, score_groups, summarise
+    from posttrain.rewards.loading import load_reward_set
+    from posttrain.rollout.base import SamplingParams
+
+    examples = [to_prompt_example(row, f"{plan.source()}, row {i + 1}")
+                for i, row in enumerate(rows)]
+    reward_set = load_reward_set(list(plan.rewards))
+    first = examples[0]
+    reward_set.check(first.prompt, first.columns, f"row 1 of {plan.source()}", first.original)
+    params = SamplingParams(n=max(plan.samples, 1), max_new_tokens=plan.max_new_tokens,
+                            temperature=plan.temperature if plan.samples else 0.0,
+                            seed=plan.seed)
+    groups = answer_groups(model, tokenizer, [e.prompt for e in examples], params,
+                           plan.batch_size, generator, progress)
+    scored = score_groups(examples, groups, reward_set)
+    every = records(scored)
+    return {"n": len(rows), "rewards": list(reward_set.names),
+            **({"samples_per_prompt": plan.samples, "temperature": plan.temperature}
+               if plan.samples else {}),
+            **summarise(scored, plan.success_threshold),
+            "samples": every[:N_SAMPLES], "records": every}
+
+
 def summary_line(result: dict[str, Any]) -> str:
-    """The result as one JSON line without the per-row records (rates rounded to 4 digits)."""
+    """The result as one JSON line without the per-row records and sample answers (those are
+    printed side by side; rates rounded to 4 digits)."""
     def rounded(value: Any) -> Any:
         if isinstance(value, float):
             return round(value, 4)
@@ -109,7 +204,8 @@ def summary_line(result: dict[str, Any]) -> str:
             return [rounded(v) for v in value]
         return value
 
-    return json.dumps(rounded({k: v for k, v in result.items() if k != "records"}),
+    return json.dumps(rounded({k: v for k, v in result.items()
+                               if k not in ("records", "samples")}),
                       ensure_ascii=False)
 
 
