@@ -7,8 +7,10 @@
     posttrain ppo --config recipes/smollm2-135m/ppo_arithmetic.yaml max_steps=2
     posttrain score --model outputs/rm --data pairs.jsonl
     posttrain eval --model outputs/sft --task arithmetic --limit 100 --output answers.jsonl
-    posttrain models
+    posttrain eval --model base outputs/grpo --data prompts.jsonl --rewards math --samples 8
+    posttrain pipeline recipes/smollm2-135m/pipeline.yaml
     posttrain report outputs/grpo outputs/ppo --output reports/compare
+    posttrain models
 
 Training commands take ``--config FILE`` plus ``key=value`` overrides; ``--help-config`` lists
 every key with its default and meaning. User mistakes print one clear message (no traceback) and

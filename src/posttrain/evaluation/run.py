@@ -127,6 +127,10 @@ class EvalPlan:
                               "the identity task is evaluated greedily.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}.")
+        if self.rewards:  # names and imports (a reward model loads when it is used)
+            from posttrain.rewards.loading import load_reward_set
+
+            load_reward_set([spec for spec in self.rewards if isinstance(spec, str)])
         if self.task is not None:
             rows = task_rows(self.task, self.split, self.data)
         else:

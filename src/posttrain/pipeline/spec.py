@@ -131,10 +131,7 @@ def _apply_overrides(raw: dict, overrides: list[str], path: Path) -> None:
 
 
 def _parse(raw: dict, source: str) -> Pipeline:
-    unknown = set(raw) - PIPELINE_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; a pipeline has "
-                          f"{', '.join(sorted(PIPELINE_KEYS))}.")
+    _refuse_unknown(raw, PIPELINE_KEYS, source)
     for key in ("name", "model", "output_dir"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise ConfigError(f"{source}: `{key}` must be given as a non-empty string.")
@@ -144,17 +141,14 @@ def _parse(raw: dict, source: str) -> Pipeline:
     stages = [_parse_stage(item, i, source) for i, item in enumerate(stages_raw)]
     evaluation = _eval_list(raw.get("evaluation"), f"{source}: evaluation")
     return Pipeline(raw["name"], raw["model"], Path(raw["output_dir"]), stages, evaluation,
-                    bool(raw.get("report", True)), raw.get("expected_minutes"), source)
+                    bool(raw.get("report", True)), _minutes(raw, source), source)
 
 
 def _parse_stage(item: Any, index: int, source: str) -> Stage:
     where = f"{source}: stage {index + 1}"
     if not isinstance(item, dict):
         raise ConfigError(f"{where} must be a mapping with at least `name`, got {item!r}.")
-    unknown = set(item) - STAGE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; a stage has "
-                          f"{', '.join(sorted(STAGE_KEYS))} (config keys go under `overrides`).")
+    _refuse_unknown(item, STAGE_KEYS, where, " (config keys go under `overrides`)")
     name = item.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"{where}: `name` must be a word of letters, digits, - or _ "
@@ -170,7 +164,23 @@ def _parse_stage(item: Any, index: int, source: str) -> Stage:
     return Stage(name, kind, index, item.get("config"), dict(overrides), item.get("input"),
                  bool(item.get("evaluate", True)),
                  None if evaluation is None else _eval_list(evaluation, f"{where}: evaluation"),
-                 item.get("expected_minutes"))
+                 _minutes(item, where))
+
+
+def _refuse_unknown(item: dict, allowed: set[str], where: str, note: str = "") -> None:
+    unknown = set(item) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
+                          f"{', '.join(sorted(allowed))}{note}.")
+
+
+def _minutes(item: dict, where: str) -> float | None:
+    value = item.get("expected_minutes")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or value <= 0):
+        raise ConfigError(f"{where}: expected_minutes must be a number of minutes > 0, got "
+                          f"{value!r}.")
+    return value
 
 
 def _eval_list(raw: Any, where: str) -> list[dict[str, Any]]:
@@ -182,10 +192,7 @@ def _eval_list(raw: Any, where: str) -> list[dict[str, Any]]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise ConfigError(f"{where} item {i + 1} must be a mapping, got {item!r}.")
-        unknown = set(item) - EVAL_KEYS
-        if unknown:
-            raise ConfigError(f"{where} item {i + 1}: unknown key(s) {sorted(unknown)}; use "
-                              f"{', '.join(sorted(EVAL_KEYS))}.")
+        _refuse_unknown(item, EVAL_KEYS, f"{where} item {i + 1}")
         name = item.get("name") or item.get("task") or f"eval{i + 1}"
         out.append({**item, "name": str(name)})
     names = [e["name"] for e in out]
