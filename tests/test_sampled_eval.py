@@ -103,7 +103,7 @@ def test_eval_samples_from_the_command_line(capsys):
     assert main(["eval", "--model", "random:tiny", "--task", "arithmetic", "--limit", "2",
                  "--samples", "2", "--max-new-tokens", "4", "--batch-size", "2"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["samples"] == 2 and summary["n"] == 2
+    assert summary["samples_per_prompt"] == 2 and summary["n"] == 2
     assert {"pass@1", "pass@2", "maj@1", "maj@2"} <= set(summary)
     assert 0.0 <= summary["pass@1"] <= summary["pass@2"] <= 1.0
     assert main(["eval", "--model", "random:tiny", "--task", "identity", "--samples", "2"]) == 2

@@ -105,7 +105,8 @@ def evaluate_arithmetic_sampled(model, tokenizer, rows: list[dict], samples: int
     every = [a for group in groups for a in group]
     gold = [str(row["answer"]) for row in rows]
     return {
-        "task": "arithmetic", "n": len(rows), "samples": samples, "temperature": temperature,
+        "task": "arithmetic", "n": len(rows), "samples_per_prompt": samples,
+        "temperature": temperature,
         **sampled_summary(correct, ks_up_to(samples), answers, gold),
         "mean_sample_accuracy": sum(map(sum, correct)) / len(every),
         "mean_completion_tokens": sum(a.tokens for a in every) / len(every),
