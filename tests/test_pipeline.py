@@ -72,6 +72,21 @@ def test_stages_feed_each_other_and_each_is_evaluated(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stage 1 ('sft') finished before with other settings" in err
     assert "learning_rate" in err and "delete" in err
+    # ... and deleting the stage's folder, as the message says, runs it (and it alone) again
+    import shutil
+
+    shutil.rmtree(out_dir / "grpo")
+    assert main(["pipeline", str(path), "grpo.learning_rate=1e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before") == 2 and "[3/3] grpo (grpo" in printed
+    grpo_config = yaml.safe_load((out_dir / "grpo" / "posttrain_config.yaml").read_text())
+    assert grpo_config["learning_rate"] == 1e-3
+    # an earlier stage made again would leave the later ones stale: refused before any work
+    shutil.rmtree(out_dir / "sft")
+    assert main(["pipeline", str(path), "grpo.learning_rate=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 1 ('sft') will run again" in err and "dpo, grpo" in err
+    assert not (out_dir / "sft").exists()
 
 
 KILLER = '''

@@ -40,6 +40,7 @@ def run_pipeline(path: str | Path, overrides: list[str] = (), *, dry_run: bool =
     pipeline = load_pipeline(path, overrides)
     state = State(pipeline.output_dir / STATE_FILE)
     say(plan_text(pipeline, state))
+    _check_order(pipeline, state)
     if dry_run:
         return {}
     pipeline.output_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +178,23 @@ def _fingerprint(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
+def _check_order(pipeline: Pipeline, state: State) -> None:
+    """A stage that will run must not have finished stages after it: they were made from the
+    old version of its output and would be skipped as if still valid."""
+    for i, stage in enumerate(pipeline.stages):
+        if state.done(stage.name):
+            continue
+        later = [s.name for s in pipeline.stages[i + 1:] if state.done(s.name)]
+        if later:
+            folders = ", ".join(str(pipeline.stage_dir(s)) for s in pipeline.stages[i + 1:]
+                                if s.name in later)
+            raise ConfigError(
+                f"{pipeline.source}: {stage.where} will run again, but the later stage(s) "
+                f"{', '.join(later)} finished on its previous output. Delete {folders} too, "
+                "so that they are made again from the new one.")
+        return
+
+
 def _check_unchanged(pipeline: Pipeline, stage: Stage, saved: dict, current: dict) -> None:
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
@@ -203,7 +221,9 @@ class State:
         self.evals: dict[str, dict[str, Any]] = data.get("evals", {})
 
     def done(self, name: str) -> bool:
-        return self.stages.get(name, {}).get("status") == "done"
+        """Finished, and its output is still there (deleting a stage's folder re-runs it)."""
+        stage = self.stages.get(name, {})
+        return stage.get("status") == "done" and Path(stage.get("output", "")).exists()
 
     def start(self, name: str, settings: dict[str, Any]) -> None:
         self.stages[name] = {"status": "running", "settings": settings}
