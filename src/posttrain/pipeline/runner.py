@@ -162,7 +162,7 @@ def plan_text(pipeline: Pipeline, state: State) -> str:
         lines.append(f"  evaluation before the first stage and after each model stage: {names}")
     if pipeline.expected_minutes:
         lines.append(f"  expected time in all: about {pipeline.expected_minutes:g} minutes "
-                     "(measured on the machine the file names)")
+                     "(the file's figure; a busy machine takes longer)")
     return "\n".join(lines)
 
 
