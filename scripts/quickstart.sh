@@ -5,7 +5,7 @@
 #
 #   bash scripts/quickstart.sh
 #
-# The pipeline prints its plan and expected time before it starts (about 40 minutes on 2 CPU
+# The pipeline prints its plan and expected time before it starts (about 21 minutes on 2 CPU
 # cores; docs/pipeline.md has the measured run). Safe to run again: installs are no-ops when
 # satisfied, the converted model is cached, finished stages are skipped and an interrupted one
 # resumes from its checkpoint. Extra arguments go to `posttrain pipeline`, e.g.
