@@ -20,8 +20,10 @@ from posttrain.config import load_config
 from posttrain.hub import ALIASES
 
 ROOT = Path(__file__).resolve().parents[1]
-# training recipes; recipes/accelerate/ holds launcher configs (tests/test_distributed.py)
-RECIPES = sorted(p for p in ROOT.glob("recipes/**/*.yaml") if "accelerate" not in p.parts)
+# training recipes; recipes/accelerate/ holds launcher configs (tests/test_distributed.py) and
+# pipeline.yaml files chain recipes (checked by tests/test_pipeline.py with --dry-run)
+RECIPES = sorted(p for p in ROOT.glob("recipes/**/*.yaml")
+                 if "accelerate" not in p.parts and p.name != "pipeline.yaml")
 ALGORITHMS = ("sft", "dpo", "reward", "grpo", "ppo", "rloo")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
