@@ -367,22 +367,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from posttrain.curation.rejection import rejection_sample, write_rows
-    from posttrain.data.formats import to_prompt_example, validate_rows
-    from posttrain.data.loading import load_rows
-    from posttrain.rewards.loading import load_reward_set
+    from posttrain.curation.rejection import sample_file
 
-    rows = load_rows(args.data).take(args.limit)
-    examples = validate_rows(rows, to_prompt_example)
-    rewards = load_reward_set(args.rewards)
-    tokenizer, generator = _load_for_generation(args.model)
-    kept, stats = rejection_sample(generator, tokenizer, examples, rewards, _params(args, args.k),
-                                   args.threshold, args.batch_prompts)
-    write_rows(kept, args.output)
+    stats = sample_file(args.model, args.data, args.output, args.rewards, _params(args, args.k),
+                        args.threshold, args.limit, args.batch_prompts)
     print(json.dumps(stats.summary()))
-    print(f"wrote {len(kept)} rows to {args.output}")
+    print(f"wrote {stats.kept} rows to {args.output}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -417,7 +417,7 @@ class OnlineRL(Trainer):
         mean reward per function (for the math reward this is the accuracy, counted on the
         final answer only), accuracy, completion length, truncation. Each process answers and
         scores its share of the prompts; the means are over all of them."""
-        from posttrain.evaluation.common import Answer
+        from posttrain.evaluation.common import rollout_groups
         from posttrain.evaluation.reward_eval import score_groups, summarise
 
         if not self.eval_prompts:
@@ -431,11 +431,8 @@ class OnlineRL(Trainer):
                        for chunk in chunks[here.rank :: here.world]]
         mine = []
         for chunk, rollout in answers:
-            groups: list[list[Answer]] = [[] for _ in chunk]
-            for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
-                                                rollout.finish_reasons, rollout.prompt_index):
-                groups[index].append(Answer(text, len(ids), reason, list(ids)))
-            mine += score_groups(chunk, groups, self.rewards)
+            mine += score_groups(chunk, rollout_groups(rollout, len(chunk), strip=False),
+                                 self.rewards)
         return summarise([p for part in all_gather_objects(mine) for p in part])
 
     def state_dict(self) -> dict[str, Any]:

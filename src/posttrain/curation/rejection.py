@@ -89,3 +89,28 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def sample_file(model: str, data, output: str | Path, rewards, params: SamplingParams,
+                threshold: float | None = None, limit: int | None = None,
+                batch_prompts: int = 8) -> RejectionStats:
+    """Rejection sampling from a data file to a data file: load the prompt rows (the first
+    ``limit``) and the reward specs (before the model, so mistakes cost no load), then the
+    model, sample, and write the kept rows to ``output``. ``posttrain sample`` and a
+    pipeline's ``sample`` stage both run this."""
+    from posttrain.data.formats import to_prompt_example, validate_rows
+    from posttrain.data.loading import load_rows
+    from posttrain.models import load_tokenizer, load_trained, tokenizer_name
+    from posttrain.rewards.loading import load_reward_set
+    from posttrain.rollout.hf import HFGenerator
+
+    rows = load_rows(data).take(limit)
+    examples = validate_rows(rows, to_prompt_example)
+    reward_set = load_reward_set(rewards)
+    tokenizer = load_tokenizer(tokenizer_name(model))
+    policy = load_trained(model)
+    policy.eval()
+    kept, stats = rejection_sample(HFGenerator(policy, tokenizer), tokenizer, examples,
+                                   reward_set, params, threshold, batch_prompts)
+    write_rows(kept, output)
+    return stats

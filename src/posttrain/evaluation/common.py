@@ -74,14 +74,22 @@ def answer_groups(
     for first in range(0, len(prompts), batch_size):
         chunk = prompts[first : first + batch_size]
         rollout = generator.generate(encode_prompts(tokenizer, chunk), params)
-        chunk_groups: list[list[Answer]] = [[] for _ in chunk]
-        for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
-                                            rollout.finish_reasons, rollout.prompt_index):
-            chunk_groups[index].append(Answer(text.strip(), len(ids), reason, list(ids)))
-        groups += chunk_groups
+        groups += rollout_groups(rollout, len(chunk))
         if progress:
             print(f"eval: {len(groups)}/{len(prompts)} answered "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return groups
+
+
+def rollout_groups(rollout, n_prompts: int, strip: bool = True) -> list[list[Answer]]:
+    """A rollout's completions as one list of answers per prompt, in sampling order.
+    ``strip``: leading and trailing whitespace removed from the text (what evaluation shows
+    and scores; the online trainers score the text as sampled)."""
+    groups: list[list[Answer]] = [[] for _ in range(n_prompts)]
+    for text, ids, reason, index in zip(rollout.completions, rollout.completion_ids,
+                                        rollout.finish_reasons, rollout.prompt_index):
+        groups[index].append(Answer(text.strip() if strip else text, len(ids), reason,
+                                    list(ids)))
     return groups
 
 

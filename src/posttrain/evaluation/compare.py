@@ -32,7 +32,7 @@ def comparison_table(results: list[dict[str, Any]], names: list[str] | None = No
     cols = [max(len(_short(n)), 9) for n in names]
     lines = [f"{'metric':<{width}}" + "".join(f"  {_short(n):>{c}}" for n, c in zip(names, cols))]
     for metric in metrics:
-        cells = [_cell(r.get(metric)) for r in results]
+        cells = [format_cell(r.get(metric)) for r in results]
         lines.append(f"{metric:<{width}}" + "".join(f"  {v:>{c}}" for v, c in zip(cells, cols)))
     return "\n".join(lines)
 
@@ -67,7 +67,8 @@ def _scalar(key: str, value: Any) -> bool:
             and key not in ("n", "seconds", "seed", "samples_per_prompt", "temperature"))
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: '-' for a missing value, 4 decimals for a rate-sized float."""
     if value is None:
         return "-"
     if isinstance(value, float):

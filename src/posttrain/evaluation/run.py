@@ -78,19 +78,30 @@ def evaluate_model(model_name_or_folder: str, plan: EvalPlan, *,
                    progress: bool = False) -> dict[str, Any]:
     """Load the model, then :func:`evaluate_loaded`; the result also names the ``model`` and
     the ``seconds`` taken. With ``output``, one jsonl line per prompt is written there."""
+    result = evaluate_plans(model_name_or_folder, [plan], dtype=dtype, progress=progress)[0]
+    if output is not None:
+        write_records(result["records"], output)
+    return result
+
+
+def evaluate_plans(model_name_or_folder: str, plans: Sequence[EvalPlan], *,
+                   dtype: str = "auto", progress: bool = False) -> list[dict[str, Any]]:
+    """Several plans on one model, loaded once (every plan's rows are checked before)."""
     from posttrain.models import load_tokenizer, load_trained, tokenizer_name
 
-    rows = plan.rows()  # bad arguments fail before the model loads
+    all_rows = [plan.rows() for plan in plans]  # bad arguments fail before the model loads
     start = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_name(model_name_or_folder))
     model = load_trained(model_name_or_folder, dtype)
     model.eval()
-    result = {"model": model_name_or_folder,
-              **evaluate_loaded(model, tokenizer, plan, rows, progress=progress)}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    if output is not None:
-        write_records(result["records"], output)
-    return result
+    results = []
+    for plan, rows in zip(plans, all_rows):
+        result = {"model": model_name_or_folder,
+                  **evaluate_loaded(model, tokenizer, plan, rows, progress=progress)}
+        result["seconds"] = round(time.perf_counter() - start, 1)  # the load counts in the first
+        start = time.perf_counter()
+        results.append(result)
+    return results
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from posttrain.api import ONLINE_RL, make_config
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.pipeline.spec import (
     MODEL_STAGES,
@@ -112,8 +113,6 @@ def checked_plan(spec: dict[str, Any], where: str):
 
 def _training_config(pipeline: Pipeline, stage: Stage, earlier: dict[str, Stage],
                      overrides: dict[str, Any], produced: set[str]):
-    from posttrain.api import make_config
-
     where = f"{pipeline.source}: {stage.where}"
     if "output_dir" in overrides:
         raise ConfigError(f"{where}: output_dir is set by the pipeline ({pipeline.stage_dir(stage)});"
@@ -128,7 +127,7 @@ def _training_config(pipeline: Pipeline, stage: Stage, earlier: dict[str, Stage]
         raise ConfigError(f"{where}: {err}") from None
     for key in DATA_KEYS:
         _check_local_file(getattr(config, key, None), produced, f"{where}: {key}")
-    if stage.type in ("grpo", "rloo", "reinforce_pp", "ppo"):
+    if stage.type in ONLINE_RL:
         _check_rewards(config.rewards, produced, where)
     return config
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import ConfigError
-from posttrain.pipeline.resolve import checked_plan, load_pipeline, resolve_stage
-from posttrain.pipeline.spec import MODEL_STAGES, TRAINING, Pipeline, Stage
+from posttrain.pipeline.resolve import input_model, load_pipeline, resolve_stage
+from posttrain.pipeline.spec import MODEL_STAGES, TRAINING, Pipeline, Stage, eval_plan
 from posttrain.pipeline.summary import build_summary, format_summary, write_summary
 
 STATE_FILE = "pipeline_state.json"
@@ -95,56 +95,40 @@ def _run_stage(pipeline: Pipeline, stage: Stage, settings: Any, earlier: dict[st
             settings = dataclasses.replace(settings, resume=True)
         trainer(stage.type, settings).train()
     elif stage.type == "sample":
-        from posttrain.pipeline.resolve import input_model
+        from posttrain.curation.rejection import sample_file
+        from posttrain.rollout.base import SamplingParams
 
-        _sample(input_model(pipeline, stage, earlier), settings,
-                pipeline.stage_output(stage))
+        output = pipeline.stage_output(stage)
+        params = SamplingParams(n=settings["k"], temperature=settings["temperature"],
+                                top_p=settings["top_p"],
+                                max_new_tokens=settings["max_new_tokens"], seed=settings["seed"])
+        stats = sample_file(input_model(pipeline, stage, earlier), settings["data"], output,
+                            settings["rewards"], params, settings["threshold"],
+                            settings["limit"], settings["batch_prompts"])
+        (output.parent / "sample_stats.json").write_text(json.dumps(stats.summary(), indent=1))
     else:  # eval: the current model, with the stage's own evaluations
-        from posttrain.pipeline.resolve import input_model
-
         model = input_model(pipeline, stage, earlier)
-        state.record_eval(stage.name, {name: _evaluate(model, plan) for name, plan in settings})
+        state.record_eval(stage.name, _evaluate(model, dict(settings)))
     gc.collect()  # one stage's models are gone before the next loads its own
 
 
 def evaluate_all(model: str, specs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every evaluation of the pipeline on one model (loaded once per evaluation)."""
-    return {spec["name"]: _evaluate(model, checked_plan(spec, "evaluation")) for spec in specs}
+    """Every evaluation of the pipeline on one model (``check`` loaded their rows already)."""
+    return _evaluate(model, {spec["name"]: eval_plan(spec, "evaluation") for spec in specs})
 
 
-def _evaluate(model: str, plan) -> dict[str, Any]:
-    from posttrain.evaluation.run import evaluate_model
+def _evaluate(model: str, plans: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each named plan on ``model`` (loaded once): its summary and the first few answers."""
+    from posttrain.evaluation.compare import answer_text
+    from posttrain.evaluation.run import evaluate_plans
 
-    result = evaluate_model(model, plan, progress=True)
-    kept = {k: v for k, v in result.items() if k not in ("records", "samples")}
-    kept["answers"] = [{"prompt": r.get("prompt"),
-                        "answer": r.get("completion", (r.get("completions") or [""])[0])}
-                       for r in result["records"][:ANSWERS_KEPT]]
-    return kept
-
-
-def _sample(model: str, settings: dict[str, Any], output: Path) -> None:
-    from posttrain.curation.rejection import rejection_sample, write_rows
-    from posttrain.data.formats import to_prompt_example, validate_rows
-    from posttrain.data.loading import load_rows
-    from posttrain.models import load_tokenizer, load_trained, tokenizer_name
-    from posttrain.rewards.loading import load_reward_set
-    from posttrain.rollout.base import SamplingParams
-    from posttrain.rollout.hf import HFGenerator
-
-    rows = load_rows(settings["data"]).take(settings["limit"])
-    examples = validate_rows(rows, to_prompt_example)
-    tokenizer = load_tokenizer(tokenizer_name(model))
-    policy = load_trained(model)
-    policy.eval()
-    params = SamplingParams(n=settings["k"], temperature=settings["temperature"],
-                            top_p=settings["top_p"], max_new_tokens=settings["max_new_tokens"],
-                            seed=settings["seed"])
-    kept, stats = rejection_sample(HFGenerator(policy, tokenizer), tokenizer, examples,
-                                   load_reward_set(settings["rewards"]), params,
-                                   settings["threshold"], settings["batch_prompts"])
-    write_rows(kept, output)
-    (output.parent / "sample_stats.json").write_text(json.dumps(stats.summary(), indent=1))
+    out = {}
+    for name, result in zip(plans, evaluate_plans(model, list(plans.values()), progress=True)):
+        kept = {k: v for k, v in result.items() if k not in ("records", "samples")}
+        kept["answers"] = [{"prompt": r.get("prompt"), "answer": answer_text(r)}
+                           for r in result["records"][:ANSWERS_KEPT]]
+        out[name] = kept
+    return out
 
 
 def plan_text(pipeline: Pipeline, state: State) -> str:

@@ -37,11 +37,12 @@ from typing import Any
 
 import yaml
 
+from posttrain.api import TRAINERS
 from posttrain.errors import ConfigError
 
-TRAINING = ("sft", "dpo", "reward", "grpo", "rloo", "reinforce_pp", "ppo")
+TRAINING = tuple(TRAINERS)
 STAGE_TYPES = (*TRAINING, "sample", "eval")
-MODEL_STAGES = ("sft", "dpo", "grpo", "rloo", "reinforce_pp", "ppo")  # they change the policy
+MODEL_STAGES = tuple(t for t in TRAINING if t != "reward")  # they change the policy
 PIPELINE_KEYS = {"name", "model", "output_dir", "evaluation", "stages", "report",
                  "expected_minutes"}
 STAGE_KEYS = {"name", "type", "config", "overrides", "input", "evaluate", "evaluation",

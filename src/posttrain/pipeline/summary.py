@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from posttrain.evaluation.compare import metric_names
+from posttrain.evaluation.compare import format_cell, metric_names
 from posttrain.pipeline.spec import Pipeline
 
 
@@ -54,7 +54,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for row in summary["rows"]:
         values = row["values"]
         line = f"{row['metric']:<{width}}" + "".join(
-            f"  {_cell(v):>{w}}" for v, w in zip(values, cells))
+            f"  {format_cell(v):>{w}}" for v, w in zip(values, cells))
         first, last = values[0], values[-1]
         change = (f"{last - first:+.4f}" if isinstance(first, (int, float))
                   and isinstance(last, (int, float)) and len(values) > 1 else "")
@@ -73,9 +73,3 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
                                          + "\n")
     table = format_summary(summary)
     (folder / "summary.md").write_text(f"# {summary['name']}\n\n```\n{table}\n```\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
