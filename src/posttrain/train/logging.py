@@ -1,6 +1,6 @@
 """Metrics to the console (rich progress bar with ETA), ``metrics.jsonl``, and optionally
 tensorboard / wandb. One JSON object per logged step, so a run can be plotted with a few lines
-of pandas, or by ``posttrain plot``."""
+of pandas, or by ``posttrain report`` (plots and an HTML page)."""
 
 from __future__ import annotations
 
